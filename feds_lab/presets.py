@@ -1,0 +1,94 @@
+"""The one place where every preset lives: model sizes and training budgets.
+
+Sizes follow ``shared/METHOD.md``. Where the paper is silent (block depths, heads, windows,
+the ``small``/``tiny`` sizes, budgets) the numbers are ours, chosen for the hardware each
+preset targets; every value can be overridden by ``build_model(..., **overrides)`` or a
+training config.
+
+- ``paper``: the sizes METHOD.md gives (teacher N=192, M=320; student N=128, M=192), for GPUs.
+- ``small``: a CPU study in well under an hour per model.
+- ``tiny``: the built-in demo and the tests (seconds per hundred steps on two CPU cores).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PRESET_NAMES = ("paper", "small", "tiny")
+ROLES = ("teacher", "student")
+
+#: The usual lambda ladder (CompressAI's MSE models, quality 1..6), for L = bpp + lambda*255^2*MSE.
+LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483)
+
+# --- model sizes -----------------------------------------------------------------------------
+# CNN family (METHOD.md "Models"): Cheng2020-style residual transforms; the teacher adds Swin-V2
+# window-attention after the x/4, x/8, x/16 stages of g_a and before the matching stages of g_s.
+# ``attn_depth`` blocks per tap alternate plain and shifted windows.
+_CNN = {
+    "paper": {
+        "teacher": dict(N=192, M=320, res_blocks=2, attention=True, attn_depth=2, attn_heads=8, window=8),
+        "student": dict(N=128, M=192, res_blocks=1, attention=False),
+    },
+    "small": {
+        "teacher": dict(N=96, M=160, res_blocks=2, attention=True, attn_depth=2, attn_heads=4, window=8),
+        "student": dict(N=64, M=96, res_blocks=1, attention=False),
+    },
+    "tiny": {
+        "teacher": dict(N=32, M=48, res_blocks=2, attention=True, attn_depth=2, attn_heads=2, window=4),
+        "student": dict(N=16, M=32, res_blocks=1, attention=False),
+    },
+}
+
+# Transformer family (issue 9, in the manner of STF/TCM): every stage of g_a and g_s is a stack of
+# Swin-V2 blocks; patch merging goes down, pixel shuffle goes up. ``dims`` are the widths at
+# x/2, x/4, x/8; ``M`` the latent width at x/16; ``depths`` the blocks per stage.
+_TRANSFORMER = {
+    "paper": {
+        "teacher": dict(dims=(128, 192, 256), M=320, depths=(2, 2, 6, 2), heads=(4, 6, 8, 8), window=8),
+        "student": dict(dims=(96, 128, 192), M=192, depths=(1, 1, 2, 1), heads=(2, 4, 4, 4), window=8),
+    },
+    "small": {
+        "teacher": dict(dims=(64, 96, 128), M=160, depths=(1, 2, 2, 1), heads=(2, 3, 4, 4), window=8),
+        "student": dict(dims=(48, 64, 96), M=96, depths=(1, 1, 1, 1), heads=(2, 2, 2, 2), window=8),
+    },
+    "tiny": {
+        "teacher": dict(dims=(24, 32, 48), M=48, depths=(1, 1, 2, 1), heads=(2, 2, 2, 2), window=4),
+        "student": dict(dims=(16, 16, 24), M=32, depths=(1, 1, 1, 1), heads=(1, 1, 2, 2), window=4),
+    },
+}
+
+MODEL_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "cnn": _CNN,
+    "transformer": _TRANSFORMER,
+}
+
+# --- training budgets --------------------------------------------------------------------------
+# Chosen from the CPU measurements at the end of METHOD.md: crops under 128 px starve the
+# hyperprior, and a one-cycle schedule with a 2e-3 peak trains far faster than a constant 5e-4.
+# ``tiny`` trades that away for speed: it shows the machinery, not the method's merit.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(steps=300_000, batch_size=16, crop=256, lr=1e-4, schedule="constant",
+                  val_every=5_000, ckpt_every=2_000, lambdas=LAMBDAS[:4]),
+    "small": dict(steps=6_000, batch_size=8, crop=128, lr=2e-3, schedule="onecycle",
+                  val_every=1_000, ckpt_every=500, lambdas=LAMBDAS[:4]),
+    "tiny": dict(steps=300, batch_size=8, crop=64, lr=2e-3, schedule="onecycle",
+                 val_every=100, ckpt_every=100, lambdas=LAMBDAS[1:5]),
+}
+
+
+def model_preset(family: str, role: str, preset: str) -> dict[str, Any]:
+    """A fresh copy of the sizes for ``family``/``role``/``preset``, with a clear error otherwise."""
+    if family not in MODEL_PRESETS:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(MODEL_PRESETS)}")
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; known: {list(ROLES)}")
+    if preset not in MODEL_PRESETS[family]:
+        raise ValueError(f"unknown preset {preset!r}; known: {list(MODEL_PRESETS[family])}")
+    return copy.deepcopy(MODEL_PRESETS[family][preset][role])
+
+
+def train_preset(preset: str) -> dict[str, Any]:
+    if preset not in TRAIN_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {list(TRAIN_PRESETS)}")
+    return copy.deepcopy(TRAIN_PRESETS[preset])
