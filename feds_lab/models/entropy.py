@@ -14,6 +14,7 @@ hyperprior without spatial context [Minnen2018 without the autoregressive part].
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck
 from compressai.latent_codecs import (
@@ -60,6 +61,11 @@ def build_latent_codec(M: int, Nh: int, kind: str = "checkerboard") -> Hyperprio
     if kind == "hyperprior":
         y_codec = GaussianConditionalLatentCodec(quantizer="ste")
     else:
+        context = CheckerboardMaskedConv2d(M, 2 * M, kernel_size=5, stride=1, padding=2)
+        # the layer masks its weight in place on every call; mask it now so that the weights (and
+        # the model's fingerprint) are the same before and after the first forward pass
+        with torch.no_grad():
+            context.weight.mul_(context.mask)
         y_codec = CheckerboardLatentCodec(
             latent_codec={"y": GaussianConditionalLatentCodec(quantizer="ste")},
             # pointwise, as CheckerboardLatentCodec requires; input is [context 2M, hyper 2M]
@@ -70,6 +76,6 @@ def build_latent_codec(M: int, Nh: int, kind: str = "checkerboard") -> Hyperprio
                 nn.LeakyReLU(inplace=True),
                 nn.Conv2d(8 * M // 3, 2 * M, 1),
             ),
-            context_prediction=CheckerboardMaskedConv2d(M, 2 * M, kernel_size=5, stride=1, padding=2),
+            context_prediction=context,
         )
     return HyperpriorLatentCodec(latent_codec={"y": y_codec, "hyper": hyper})

@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine:
+#   make pipeline   # the main job: every notebook, headless, on the built-in tiny default
+#   make test       # the test suite (what .ci/run runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test pipeline lab benchmarks clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name feds-lab --display-name "feds-lab (.venv)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+pipeline: $(STAMP)
+	$(VENV)/bin/feds-lab pipeline $(ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/feds-lab lab $(ARGS)
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/size_speed.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/coding_overhead.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

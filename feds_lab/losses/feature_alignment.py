@@ -1,0 +1,105 @@
+"""Attention-aware feature alignment (FEDS stage 1; METHOD.md "Losses").
+
+For each tapped stage l a 1x1 convolution ``A_l`` lifts the student feature to the teacher's
+width, and the loss is an attention-weighted MSE::
+
+    L_feat,l = mean( a_T * (A_l(f_S) - f_T)^2 ),    a_T = channel-mean of f_T^2, mean 1 per image
+
+The paper calls the alignment "attention-aware" without giving the formula; this attention map
+(activation-based spatial attention in the manner of Zagoruyko & Komodakis 2017) and its
+normalisation are ours. ``L_feat`` is the mean of ``L_feat,l`` over the taps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FEATURE_WEIGHTINGS = ("attention", "plain")
+DEFAULT_TAPS = ("ga1", "ga2", "ga3", "gs1", "gs2", "gs3")
+
+
+@torch.no_grad()
+def spatial_attention(f_t: torch.Tensor) -> torch.Tensor:
+    """Teacher spatial attention map, (B, C, H, W) -> (B, 1, H, W), mean 1 over positions per image.
+
+    Computed without gradient: it only says where the teacher's activations are strong. An image
+    whose feature map is all zero gets uniform weights (nothing marks any position as important).
+    """
+    if f_t.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) feature map, got shape {tuple(f_t.shape)}")
+    a = f_t.detach().pow(2).mean(dim=1, keepdim=True)
+    mean = a.mean(dim=(2, 3), keepdim=True)
+    return torch.where(mean > 0, a / mean.clamp_min(torch.finfo(a.dtype).tiny), torch.ones_like(a))
+
+
+def feature_alignment_loss(
+    f_s_lifted: torch.Tensor, f_t: torch.Tensor, weighting: str = "attention"
+) -> torch.Tensor:
+    """Scalar alignment loss between a lifted student feature and the teacher's, both (B, C_T, H, W).
+
+    ``attention``: ``mean(a_T * (f_s_lifted - f_t)^2)`` over batch, channels and positions;
+    ``plain``: ``mean((f_s_lifted - f_t)^2)``. The teacher side is detached.
+    """
+    if weighting not in FEATURE_WEIGHTINGS:
+        raise ValueError(f"unknown feature weighting {weighting!r}; known: {list(FEATURE_WEIGHTINGS)}")
+    if f_s_lifted.shape != f_t.shape:
+        raise ValueError(
+            f"student feature {tuple(f_s_lifted.shape)} and teacher feature {tuple(f_t.shape)} differ in shape"
+        )
+    f_t = f_t.detach()
+    if weighting == "plain":
+        return F.mse_loss(f_s_lifted, f_t)
+    return (spatial_attention(f_t) * (f_s_lifted - f_t).pow(2)).mean()
+
+
+class FeatureAlignment(nn.Module):
+    """The adapters ``A_l`` and the alignment loss over a set of taps.
+
+    student_channels / teacher_channels: width of each named feature (``model.feature_channels()``).
+    forward(f_s, f_t): the ``features`` dicts of student and teacher forward passes. Returns
+    ``(L_feat, {tap: L_feat,l detached})``; ``L_feat`` is the mean over taps.
+    """
+
+    def __init__(
+        self,
+        student_channels: dict[str, int],
+        teacher_channels: dict[str, int],
+        taps: Iterable[str] = DEFAULT_TAPS,
+        weighting: str = "attention",
+    ):
+        super().__init__()
+        if weighting not in FEATURE_WEIGHTINGS:
+            raise ValueError(f"unknown feature weighting {weighting!r}; known: {list(FEATURE_WEIGHTINGS)}")
+        self.taps = tuple(taps)
+        if not self.taps:
+            raise ValueError("at least one tap is needed")
+        for tap in self.taps:
+            for side, channels in (("student", student_channels), ("teacher", teacher_channels)):
+                if tap not in channels:
+                    raise ValueError(f"tap {tap!r} has no {side} width; {side} features: {sorted(channels)}")
+        self.weighting = weighting
+        self.adapters = nn.ModuleDict(
+            {tap: nn.Conv2d(student_channels[tap], teacher_channels[tap], kernel_size=1) for tap in self.taps}
+        )
+
+    def forward(
+        self, f_s: dict[str, torch.Tensor], f_t: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        per_tap: dict[str, torch.Tensor] = {}
+        for tap in self.taps:
+            for side, feats in (("student", f_s), ("teacher", f_t)):
+                if tap not in feats:
+                    raise ValueError(f"tap {tap!r} missing from the {side} features (have {sorted(feats)})")
+            s, t = f_s[tap], f_t[tap]
+            if s.shape[-2:] != t.shape[-2:]:
+                raise ValueError(
+                    f"tap {tap!r}: student feature is {tuple(s.shape[-2:])} and teacher feature "
+                    f"{tuple(t.shape[-2:])} in space; both models must see the same input size"
+                )
+            per_tap[tap] = feature_alignment_loss(self.adapters[tap](s), t, self.weighting)
+        loss = torch.stack(list(per_tap.values())).mean()
+        return loss, {tap: v.detach() for tap, v in per_tap.items()}
