@@ -25,6 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .errors import FedsLabError, ImageReadError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
 SPLITS = ("train", "val", "all")
 
@@ -52,8 +54,8 @@ BUILTIN_FILES = {
 BUILTIN_VAL = ("coffee", "rocket")
 
 
-class UnreadableImageError(ValueError):
-    """An image file that Pillow cannot open or decode; the message names the file(s)."""
+class DataError(FedsLabError, ValueError):
+    """A data set the user named cannot be used as asked (no images, images too small, bad split)."""
 
 
 # --- reading one image --------------------------------------------------------------------------
@@ -81,7 +83,7 @@ def read_image(path: str | Path) -> torch.Tensor:
             im.load()
             arr = to_rgb_uint8(im)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise UnreadableImageError(f"cannot decode image {path}: {e}") from e
+        raise ImageReadError(f"cannot decode image {path}: {e}") from e
     return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # a writable copy
 
 
@@ -92,7 +94,7 @@ def probe_image(path: str | Path) -> tuple[int, int]:
             width, height = im.size
             im.verify()
     except Exception as e:
-        raise UnreadableImageError(f"cannot read image {path}: {e}") from e
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
     return height, width
 
 
@@ -141,11 +143,13 @@ class CropSampler(Dataset):
     refused otherwise. ``seed``: the default seed of :meth:`sample_batch`.
     """
 
-    def __init__(self, names: Sequence[str], sizes: Sequence[tuple[int, int]], crop: int | None, pad_small: bool, seed: int):
+    def __init__(
+        self, names: Sequence[str], sizes: Sequence[tuple[int, int]], crop: int | None, pad_small: bool, seed: int
+    ):
         if not names:
             raise ValueError("an image set needs at least one image")
         if crop is not None and crop < 1:
-            raise ValueError(f"crop must be a positive number of pixels, got {crop}")
+            raise DataError(f"crop must be a positive number of pixels, got {crop}")
         self.names = list(names)
         self.sizes = [tuple(s) for s in sizes]
         self.crop = crop
@@ -155,7 +159,7 @@ class CropSampler(Dataset):
         if crop is not None and not pad_small:
             small = [f"{n} ({h}x{w} px, HxW)" for n, (h, w) in zip(self.names, self.sizes) if h < crop or w < crop]
             if small:
-                raise ValueError(
+                raise DataError(
                     f"{len(small)} image(s) smaller than the {crop}-px crop: {', '.join(small)}; "
                     "use a smaller crop or pad_small=True"
                 )
@@ -225,6 +229,7 @@ class TensorImageSet(CropSampler):
         pad_small: bool = False,
         seed: int = 0,
     ):
+        images = list(images)
         for name, img in images:
             if img.dim() != 3 or img.shape[0] != 3:
                 raise ValueError(f"image {name!r} should be (3, H, W), got {tuple(img.shape)}")
@@ -243,7 +248,7 @@ class ImageFolder(CropSampler):
     Names are paths relative to ``root``. At construction every file's header is read and checked
     (Pillow ``verify``): unreadable files are all named in one error, never skipped, and images
     smaller than the crop are refused (or padded with ``pad_small``). Pixels are decoded on first
-    use; a file that fails to decode then raises :class:`UnreadableImageError` naming it.
+    use; a file that fails to decode then raises :class:`ImageReadError` naming it.
     """
 
     def __init__(
@@ -260,17 +265,19 @@ class ImageFolder(CropSampler):
         for path in self.files:
             try:
                 sizes.append(probe_image(path))
-            except UnreadableImageError as e:
+            except ImageReadError as e:
                 bad.append(str(e))
         if bad:  # name every bad file at once, so one pass fixes the folder
-            raise UnreadableImageError(f"{len(bad)} unreadable image file(s) under {self.root}: " + "; ".join(bad))
+            raise ImageReadError(f"{len(bad)} unreadable image file(s) under {self.root}: " + "; ".join(bad))
         names = [_relative_name(p, self.root) for p in self.files]
         super().__init__(names, sizes, crop, pad_small, seed)
 
     def _decode(self, i: int) -> torch.Tensor:
         img = read_image(self.files[i])
-        if tuple(img.shape[-2:]) != self.sizes[i]:  # should not happen; cropping relies on the header size
-            raise UnreadableImageError(f"{self.files[i]} decoded to {tuple(img.shape[-2:])}, header said {self.sizes[i]}")
+        if tuple(img.shape[-2:]) != self.sizes[i]:  # crop offsets are drawn from the header's size
+            raise ImageReadError(
+                f"{self.files[i]} decoded to {tuple(img.shape[-2:])} px, its header said {self.sizes[i]}"
+            )
         return img
 
 
@@ -289,7 +296,7 @@ def list_images(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+        raise DataError(f"image folder {root} does not exist or is not a folder")
     files = [
         p
         for p in root.rglob("*")
@@ -298,7 +305,7 @@ def list_images(root: str | Path) -> list[Path]:
         and not any(part.startswith(".") for part in p.relative_to(root).parts)
     ]
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {root} or its subfolders")
+        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {root} or its subfolders")
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -311,15 +318,15 @@ def split_files(files: Sequence, split: str, val_fraction: float = VAL_FRACTION)
     runs always validate on the same images. E.g. 24 files, fraction 0.1: positions 6 and 18 (0-based).
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+        raise DataError(f"unknown split {split!r}; known: {list(SPLITS)}")
     files = list(files)
     if split == "all":
         return files
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     n = len(files)
     if n < 2:
-        raise ValueError(f"a train/val split needs at least 2 images, got {n}; use split='all'")
+        raise DataError(f"a train/val split needs at least 2 images, got {n}; use split='all'")
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     val = {int((k + 0.5) * n / n_val) for k in range(n_val)}
     return [f for i, f in enumerate(files) if (i in val) == (split == "val")]
@@ -333,7 +340,7 @@ def _builtin_uint8() -> tuple[tuple[str, torch.Tensor], ...]:
     for name, filename in BUILTIN_FILES.items():
         path = Path(str(folder / filename))
         if not path.is_file():
-            raise FileNotFoundError(
+            raise DataError(
                 f"scikit-image's bundled image {filename} is not at {path}; the built-in set reads only "
                 "the images shipped inside the scikit-image package and downloads nothing"
             )
@@ -354,7 +361,7 @@ def builtin_split(split: str) -> list[tuple[str, torch.Tensor]]:
 
 def _builtin_split_uint8(split: str) -> list[tuple[str, torch.Tensor]]:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+        raise DataError(f"unknown split {split!r}; known: {list(SPLITS)}")
     images = _builtin_uint8()
     if split == "all":
         return list(images)
@@ -396,4 +403,5 @@ def eval_images(
     if _is_builtin(data):
         return [(name, to_float(img).unsqueeze(0)) for name, img in _builtin_split_uint8(split)]
     root = Path(data)
-    return [(_relative_name(p, root), to_float(read_image(p)).unsqueeze(0)) for p in split_files(list_images(root), split, val_fraction)]
+    files = split_files(list_images(root), split, val_fraction)
+    return [(_relative_name(p, root), to_float(read_image(p)).unsqueeze(0)) for p in files]

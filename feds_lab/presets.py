@@ -40,21 +40,32 @@ _CNN = {
     },
 }
 
-# Transformer family (issue 9, in the manner of STF/TCM): every stage of g_a and g_s is a stack of
-# Swin-V2 blocks; patch merging goes down, pixel shuffle goes up. ``dims`` are the widths at
-# x/2, x/4, x/8; ``M`` the latent width at x/16; ``depths`` the blocks per stage.
+# Transformer family (issue 9, in the manner of STF/TCM; feds_lab/models/transformer.py): every
+# stage of g_a and g_s is a stack of Swin-V2 blocks; patch merging goes down, patch splitting
+# (pixel shuffle) goes up. ``dims`` are the widths at x/2, x/4, x/8; ``M`` the latent width at x/16;
+# ``depths`` and ``heads`` are per g_a stage (x/2 .. x/16), mirrored in g_s. A depth is 0 or at least
+# 2, so that every attention stage has a shifted-window block. The teacher's depths are STF's
+# (2, 2, 6, 2) at ``paper``; the student has no attention at x/2, where a map has 4x the tokens of
+# x/4 and attention costs most (as the CNN student has none at all). ``M`` and ``hyper_channels``
+# equal the CNN family's M and N at each preset: both families have the same entropy model.
 _TRANSFORMER = {
     "paper": {
-        "teacher": dict(dims=(128, 192, 256), M=320, depths=(2, 2, 6, 2), heads=(4, 6, 8, 8), window=8),
-        "student": dict(dims=(96, 128, 192), M=192, depths=(1, 1, 2, 1), heads=(2, 4, 4, 4), window=8),
+        "teacher": dict(dims=(128, 192, 256), M=320, depths=(2, 2, 6, 2), heads=(4, 6, 8, 8), window=8,
+                        hyper_channels=192),
+        "student": dict(dims=(96, 128, 192), M=192, depths=(0, 2, 2, 2), heads=(3, 4, 6, 6), window=8,
+                        hyper_channels=128),
     },
     "small": {
-        "teacher": dict(dims=(64, 96, 128), M=160, depths=(1, 2, 2, 1), heads=(2, 3, 4, 4), window=8),
-        "student": dict(dims=(48, 64, 96), M=96, depths=(1, 1, 1, 1), heads=(2, 2, 2, 2), window=8),
+        "teacher": dict(dims=(64, 96, 128), M=160, depths=(2, 2, 4, 2), heads=(2, 3, 4, 4), window=8,
+                        hyper_channels=96),
+        "student": dict(dims=(48, 64, 96), M=96, depths=(0, 2, 2, 2), heads=(2, 2, 3, 3), window=8,
+                        hyper_channels=64),
     },
     "tiny": {
-        "teacher": dict(dims=(24, 32, 48), M=48, depths=(1, 1, 2, 1), heads=(2, 2, 2, 2), window=4),
-        "student": dict(dims=(16, 16, 24), M=32, depths=(1, 1, 1, 1), heads=(1, 1, 2, 2), window=4),
+        "teacher": dict(dims=(24, 32, 48), M=48, depths=(2, 2, 4, 2), heads=(2, 2, 2, 2), window=4,
+                        hyper_channels=32),
+        "student": dict(dims=(16, 16, 24), M=32, depths=(0, 2, 2, 2), heads=(1, 1, 2, 2), window=4,
+                        hyper_channels=16),
     },
 }
 

@@ -33,9 +33,14 @@ import torch
 from PIL import Image, features
 from tqdm.auto import tqdm
 
+from ..errors import FedsLabError
 from .evaluate import Image as EvalImage
-from .evaluate import make_results, save_results
+from .evaluate import ResultsError, make_results, save_results
 from .metrics import image_quality
+
+
+class CodecError(FedsLabError, ValueError):
+    """A codec name is unknown, or this Pillow build cannot encode it."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +78,9 @@ def get_codec(key: str) -> Codec:
     key = key.strip().lower().replace(" ", "").replace("-", "")
     key = {"jpg": "jpeg", "j2k": "jpeg2000", "jp2": "jpeg2000"}.get(key, key)
     if key not in CODECS:
-        raise ValueError(f"unknown codec {key!r}; known: {list(CODECS)}")
+        raise CodecError(f"unknown codec {key!r}; known: {list(CODECS)}")
     if not features.check(CODECS[key].feature):
-        raise ValueError(f"this Pillow build ({PIL.__version__}) cannot encode {CODECS[key].name}")
+        raise CodecError(f"this Pillow build ({PIL.__version__}) cannot encode {CODECS[key].name}")
     return CODECS[key]
 
 
@@ -121,7 +126,7 @@ def evaluate_codec(
     codec = get_codec(codec) if isinstance(codec, str) else codec
     sweep = tuple(sweep if sweep is not None else codec.sweep)
     if not images:
-        raise ValueError("no images to code")
+        raise ResultsError("no images to code")
     pil_images = [(name, to_pil(x)) for name, x in images]
     code_image(pil_images[0][1], codec, sweep[0])  # warm-up, untimed
 

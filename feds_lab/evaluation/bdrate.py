@@ -31,12 +31,14 @@ from typing import Callable
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
+from ..errors import FedsLabError
+
 METHODS = ("pchip", "cubic")
 MIN_POINTS = 4
 
 
-class BDRateError(ValueError):
-    """Two curves for which a Bjøntegaard delta is not defined."""
+class BDRateError(FedsLabError, ValueError):
+    """Two curves for which a Bjøntegaard delta is not defined (the message says why)."""
 
 
 # --- one curve ---------------------------------------------------------------------------------
@@ -186,12 +188,16 @@ def bootstrap_bd(
     if ra.shape != qa.shape or rt.shape != qt.shape:
         raise BDRateError("rate and quality arrays of a curve must have the same shape (n_images, n_points)")
     if ra.shape[0] != rt.shape[0]:
-        raise BDRateError(f"anchor has {ra.shape[0]} images, test has {rt.shape[0]}: a paired bootstrap needs the same images")
+        raise BDRateError(
+            f"anchor has {ra.shape[0]} images, test has {rt.shape[0]}: a paired bootstrap needs the same images"
+        )
     transform = quality_transform or (lambda q: q)
     delta = bd_rate if statistic == "rate" else bd_quality
 
     def figure(rows: np.ndarray) -> float:
-        return delta(ra[rows].mean(0), transform(qa[rows].mean(0)), rt[rows].mean(0), transform(qt[rows].mean(0)), method)
+        anchor = ra[rows].mean(0), transform(qa[rows].mean(0))
+        test = rt[rows].mean(0), transform(qt[rows].mean(0))
+        return delta(*anchor, *test, method)
 
     n_images = ra.shape[0]
     estimate = figure(np.arange(n_images))  # raises if the full-data curves are already invalid

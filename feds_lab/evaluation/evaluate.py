@@ -6,8 +6,9 @@ One RD point is a model (one lambda) coded on a set of images::
     x ─ pad ─ model.forward (eval) ─► likelihoods               bpp-estimate = sum(-log2 p) / (H * W)
 
 H, W are the original image size (before padding to 64). The estimate sits beside the real rate,
-never in its place; ``bpp-gap-percent`` = 100 * (bpp - estimate) / estimate is the coding overhead
-(headers, shapes, rANS flushing).
+never in its place; ``bpp-gap-percent`` = 100 * (bpp - estimate) / estimate is what coding for real
+costs beyond the estimate: the file header, and the entropy coder's departures from -log2 p
+(quantised CDF and scale tables, escape-coded tails). It can come out negative.
 
 Results files follow CompressAI's JSON format, so ``python -m compressai.utils.plot -f a.json``
 reads them as they are::
@@ -35,11 +36,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import FedsLabError
 from .metrics import image_quality, ms_ssim_db
 
 Image = tuple[str, torch.Tensor]  # (name, (1, 3, H, W) float in [0, 1])
 
 # --- results files: the one schema ---------------------------------------------------------------
+
+
+class ResultsError(FedsLabError, ValueError):
+    """A results file (or a set of them, or the images behind them) cannot be used as asked."""
+
 
 #: ``--metric`` name -> the key of the results holding it.
 METRIC_KEYS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-rgb"}
@@ -61,15 +68,16 @@ def _quality_transform(metric: str) -> Callable[[np.ndarray], np.ndarray]:
 
 def _check_metric(metric: str) -> None:
     if metric not in METRIC_KEYS:
-        raise ValueError(f"unknown metric {metric!r}; known: {list(METRIC_KEYS)}")
+        raise ResultsError(f"unknown metric {metric!r}; known: {list(METRIC_KEYS)}")
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Means over images of every numeric key the rows share (see module docstring for the two
     derived keys)."""
     if not rows:
-        raise ValueError("no rows to summarise")
-    keys = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        raise ResultsError("no rows to summarise")
+    keys = [k for k, v in rows[0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("height", "width")]
     keys = [k for k in keys if all(k in r for r in rows)]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     if "ms-ssim-rgb" in mean:
@@ -91,7 +99,7 @@ def make_results(
     optionally ``setting`` (what produced the point: lambda, quality ...).
     """
     if not points:
-        raise ValueError("a results file needs at least one RD point")
+        raise ResultsError("a results file needs at least one RD point")
     means = [summarize(p["rows"]) for p in points]
     order = sorted(range(len(points)), key=lambda i: means[i]["bpp"])
     keys = [k for k in means[0] if all(k in m for m in means)]
@@ -128,18 +136,19 @@ def load_results(source: str | Path | dict[str, Any]) -> dict[str, Any]:
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ValueError(f"results file not found: {path}") from None
+            raise ResultsError(f"results file not found: {path}") from None
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err})") from None
-        data.setdefault("name", path.name.split(".")[0])
+            raise ResultsError(f"{path} is not valid JSON ({err})") from None
+        if isinstance(data, dict):
+            data.setdefault("name", path.name.split(".")[0])
     results = data.get("results", data) if isinstance(data, dict) else None
     if not isinstance(results, dict) or "bpp" not in results:
-        raise ValueError(f"{label}: not a results file (no 'results' with 'bpp')")
+        raise ResultsError(f"{label}: not a results file (no 'results' with 'bpp')")
     if not any(k in results for k in METRIC_KEYS.values()):
-        raise ValueError(f"{label}: no quality metric in results (expected one of {list(METRIC_KEYS.values())})")
+        raise ResultsError(f"{label}: no quality metric in results (expected one of {list(METRIC_KEYS.values())})")
     lengths = {k: len(v) for k, v in results.items() if isinstance(v, list)}
     if len(set(lengths.values())) > 1:
-        raise ValueError(f"{label}: result lists differ in length {lengths}")
+        raise ResultsError(f"{label}: result lists differ in length {lengths}")
     return data
 
 
@@ -149,7 +158,7 @@ def rd_curve(results: dict[str, Any], metric: str = "psnr") -> tuple[np.ndarray,
     key = METRIC_KEYS[metric]
     res = results.get("results", results)
     if key not in res:
-        raise ValueError(f"{results.get('name', 'results')}: metric {key!r} not available; has {sorted(res)}")
+        raise ResultsError(f"{results.get('name', 'results')}: metric {key!r} not available; has {sorted(res)}")
     return np.asarray(res["bpp"], dtype=float), _quality_transform(metric)(res[key])
 
 
@@ -167,15 +176,16 @@ def paired_per_image(
     tables = []
     for res in (anchor, test):
         if "per_image" not in res:
-            raise ValueError(f"{res.get('name', 'results')}: no per-image rows; the bootstrap needs them")
+            raise ResultsError(f"{res.get('name', 'results')}: no per-image rows; the bootstrap needs them")
         tables.append([{row["image"]: row for row in point} for point in res["per_image"]])
     images = [set().union(*(t.keys() for t in table)) for table in tables]
     names = sorted(set.intersection(*images))
     if set.union(*images) != set(names):
-        raise ValueError(f"the two results cover different images: only in one: {sorted(set.union(*images) - set(names))}")
+        only_one = sorted(set.union(*images) - set(names))
+        raise ResultsError(f"the two results cover different images; in one only: {only_one}")
     for table in tables:
         if any(set(point) != set(names) for point in table):
-            raise ValueError("a results file has RD points over different image sets")
+            raise ResultsError("a results file has RD points over different image sets")
     out: list[Any] = [names]
     for table in tables:
         out.append(np.array([[point[n]["bpp"] for point in table] for n in names], dtype=float))
@@ -215,10 +225,10 @@ def load_folder_images(folder: str | Path) -> list[Image]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"not a folder: {folder}")
+        raise ResultsError(f"not a folder: {folder}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise ResultsError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return [(p.stem, coding.load_image(p)) for p in files]
 
 
@@ -253,19 +263,21 @@ def evaluate_model(
 
     images: [(name, (1, 3, H, W) float in [0, 1])]. model: ready to code (``update()`` done).
     Returns ``{"name", "description", "rows", "mean", "meta"}``: one row per image with ``image``,
-    ``height``, ``width``, ``bytes``, ``bpp``, ``bpp-estimate``, ``bpp-gap-percent``, ``psnr-rgb``,
-    ``ms-ssim-rgb``, ``ms-ssim-rgb-db``, ``encoding_time`` and ``decoding_time`` (seconds);
-    ``mean`` as :func:`summarize` computes it. Times are measured after one untimed warm-up coding
+    ``height``, ``width``, ``bytes``, ``bpp``, ``bpp-estimate``, ``bpp-gap-percent``,
+    ``bpp-streams`` (the streams without the ``.feds`` header), ``psnr-rgb``, ``ms-ssim-rgb``,
+    ``ms-ssim-rgb-db``, ``encoding_time`` and ``decoding_time`` (seconds); ``mean`` as
+    :func:`summarize` computes it. Times are measured after one untimed warm-up coding
     of the first image (first calls pay for allocations and lazy set-up).
     """
     from .. import coding
 
     if not images:
-        raise ValueError("no images to evaluate")
+        raise ResultsError("no images to evaluate")
     model.eval()
     device = _device(model)
     config = dict(getattr(model, "config", {}) or {})
-    name = name or "-".join(str(config.get(k)) for k in ("family", "role", "preset") if k in config) or type(model).__name__
+    if name is None:
+        name = "-".join(str(config[k]) for k in ("family", "role", "preset") if k in config) or type(model).__name__
 
     with torch.no_grad():
         x0 = images[0][1].to(device)
@@ -282,6 +294,8 @@ def evaluate_model(
         row = {"image": img_name, "height": int(h), "width": int(w), "bytes": len(enc.data),
                "bpp": float(enc.bpp), "bpp-estimate": estimate,
                "bpp-gap-percent": 100 * (enc.bpp - estimate) / estimate}
+        if hasattr(enc, "stream_bpp"):  # the entropy-coded streams alone, without the file header
+            row["bpp-streams"] = float(enc.stream_bpp)
         row.update(image_quality(x.cpu(), dec.x_hat.cpu()))
         row.update({"encoding_time": float(enc.seconds), "decoding_time": float(dec.seconds)})
         rows.append(row)
@@ -290,9 +304,20 @@ def evaluate_model(
 
 
 def _curve_name(record: dict[str, Any]) -> str:
-    """The RD curve a checkpoint belongs to: its model family/role/preset."""
+    """The RD curve a checkpoint belongs to: family-role-preset of its model, then what tells
+    checkpoints of that model apart besides lambda: the training run when it is not named after the
+    role (``scratch``, the baseline student) and the distortion metric when it is not MSE.
+
+    >>> _curve_name({"model": {"family": "cnn", "role": "student", "preset": "tiny"}, "run": "scratch"})
+    'cnn-student-tiny-scratch'
+    """
     model = record.get("model", {})
-    return "-".join(str(model.get(k, "?")) for k in ("family", "role", "preset"))
+    parts = [str(model.get(k, "?")) for k in ("family", "role", "preset")]
+    if record.get("run") not in (None, model.get("role")):
+        parts.append(str(record["run"]))
+    if record.get("metric") not in (None, "mse"):
+        parts.append(str(record["metric"]))
+    return "-".join(parts)
 
 
 def evaluate_checkpoints(
@@ -313,7 +338,7 @@ def evaluate_checkpoints(
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path in map(Path, paths):
         if not path.exists():
-            raise ValueError(f"checkpoint not found: {path}")
+            raise ResultsError(f"checkpoint not found: {path}")
         record = checkpoint.read_record(path)
         groups.setdefault(curve_name(record), []).append((path, record))
 
@@ -323,7 +348,7 @@ def evaluate_checkpoints(
         dupes = {lm for lm in lambdas if lm is not None and lambdas.count(lm) > 1}
         if dupes:
             clash = [str(p) for p, rec in members if rec.get("lmbda") in dupes]
-            raise ValueError(f"curve {name!r} has two checkpoints with lambda {sorted(dupes)}: {clash}")
+            raise ResultsError(f"curve {name!r} has two checkpoints with lambda {sorted(dupes)}: {clash}")
         points, records = [], []
         for path, record in tqdm(members, desc=f"curve {name}", disable=not progress):
             model = checkpoint.load_model(path)

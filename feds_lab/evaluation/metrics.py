@@ -23,9 +23,14 @@ from pytorch_msssim import ms_ssim as _ms_ssim
 MS_SSIM_MIN_SIDE = 161
 
 
+def levels_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Float image in [0, 1] -> its 8-bit levels 0..255, as float64 (exact integers)."""
+    return torch.round(x.detach().double().clamp(0, 1) * 255)
+
+
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
-    """Float image in [0, 1] -> the same image on the 256 8-bit levels, still float in [0, 1]."""
-    return torch.round(x.detach().float().clamp(0, 1) * 255) / 255
+    """Float image in [0, 1] -> the same image on the 256 8-bit levels, float32 in [0, 1]."""
+    return (levels_8bit(x) / 255).float()
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -38,8 +43,7 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 def mse_8bit(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean squared error on the 0..255 scale after 8-bit quantisation of both images."""
     _check_pair(a, b)
-    diff = (quantize_8bit(a) - quantize_8bit(b)) * 255
-    return float(diff.double().pow(2).mean())
+    return float((levels_8bit(a) - levels_8bit(b)).pow(2).mean())
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -56,18 +56,16 @@ def build_model(role: str = "student", preset: str = "tiny", family: str = "cnn"
     return model
 
 
+_BUILTINS_LOADED = False
+
+
 def _load_builtin_families() -> None:
-    # imported lazily so that a missing optional family never breaks the CNN one
-    if "transformer" not in _FAMILIES:
-        try:
-            from . import transformer  # noqa: F401  (registers itself)
-        except ImportError:
-            pass
-    if not any(k.startswith("compressai:") for k in _FAMILIES):
-        try:
-            from . import wrappers  # noqa: F401
-        except ImportError:
-            pass
+    # imported once, lazily, so that an optional family's import error never breaks the CNN one
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    from . import transformer, wrappers  # noqa: F401  (each registers itself)
 
 
 register_family("cnn")(CNNCodec)

@@ -2,7 +2,7 @@
 
 FEDS reports that its distillation "generalises to other transformer-based codecs" (Fu et al. 2025,
 arXiv 2503.06399). This family is such a codec, in the manner of the Symmetrical TransFormer
-[STF: Zou, Zhang, Timofte, CVPR 2022, "The Devil Is in the Details: Window-based Attention for
+[STF: Zou, Song, Zhang, CVPR 2022, "The Devil Is in the Details: Window-based Attention for
 Image Compression"] and of TCM [Liu, Sun, Katto, CVPR 2023, "Learned Image Compression with Mixed
 Transformer-CNN Architectures"]: window attention at every scale of both transforms, patch merging
 on the way down, patch splitting (pixel shuffle) on the way up. It keeps the package's skeleton, so
@@ -14,7 +14,8 @@ a transformer teacher pairs with a CNN student feature by feature (same names, s
 
     PM = patch merging: a 2x2 stride-2 convolution, then LayerNorm over channels
     PS = patch split:   a 1x1 convolution to 4x the output width, pixel shuffle, LayerNorm
-    SW = SwinV2Stage:   ``depth`` Swin-V2 blocks (timm), plain and shifted windows alternating
+    SW = SwinV2Stage:   ``depth`` Swin-V2 blocks (timm), plain and shifted windows alternating;
+                        the identity where the depth is 0
 
 Widths ``dims = (d1, d2, d3)`` at x/2, x/4, x/8 and ``M`` at x/16; ``depths`` and ``heads`` are
 given per ``g_a`` stage (x/2, x/4, x/8, x/16) and mirrored in ``g_s``, as STF mirrors its encoder.
@@ -26,17 +27,18 @@ Swin-V2 blocks (residual post-norm, cosine attention, log-spaced position bias) 
 Swin-V1 ones, reused from :class:`feds_lab.models.attention.SwinV2Stage`, so that any image size
 works (timm pads to whole windows and builds the shift mask at run time); the V2 order in merging
 (linear, then norm); the final ``subpel_conv3x3`` (TCM's and Cheng2020's, for the CNN family too)
-in place of STF's 5x5 conv, shuffle and 3x3 conv; a 2x MLP ratio; the entropy model; all the
-preset sizes. Keep every depth at 2 or more: non-overlapping merging and 1x1 splitting do not
-cross window borders, so a stage of one (unshifted) block leaves the windows of 16 x ``window``
-pixels to be coded independently.
+in place of STF's 5x5 conv, shuffle and 3x3 conv; a 2x MLP ratio; timm's initialisation with
+zeroed residual post-norms; the entropy model (STF and TCM code y with channel-wise autoregressive
+models); all the preset sizes, among them a student without attention at x/2 (depth 0 there),
+where attention costs most. Make each depth 0 or at least 2: non-overlapping merging and 1x1
+splitting do not cross window borders, so a stage of one unshifted block would leave blocks of
+16 x ``window`` pixels to be coded independently of each other.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 from compressai.layers import subpel_conv3x3
 from timm.layers import LayerNorm2d
@@ -94,6 +96,7 @@ class TransformerCodec(FeatureCodec):
     ):
         super().__init__()
         dims, depths, heads = [int(d) for d in dims], [int(d) for d in depths], [int(h) for h in heads]
+        M = int(M)
         if len(dims) != 3 or len(depths) != 4 or len(heads) != 4:
             raise ValueError(
                 f"expected 3 dims (x/2, x/4, x/8) and 4 depths and heads (x/2 .. x/16), "
@@ -104,7 +107,9 @@ class TransformerCodec(FeatureCodec):
         d1, d2, d3 = dims
         widths = [d1, d2, d3, M]  # per g_a stage, after its merging
 
-        def swin(stage: int) -> SwinV2Stage:
+        def swin(stage: int) -> nn.Module:
+            if depths[stage] == 0:  # skip SwinV2Stage's two layout copies of a large map
+                return nn.Identity()
             return SwinV2Stage(widths[stage], depths[stage], heads[stage], window, mlp_ratio)
 
         self.g_a = StagedTransform(

@@ -1,0 +1,324 @@
+"""The workbench's main job: the four notebooks, run headless with papermill, one after another.
+
+::
+
+    01_teacher_training ─► 02_channel_entropy ─► 03_distillation ─► 04_rd_analysis ─► report/index.html
+
+A run folder ``runs/<name>/`` holds everything one pipeline run made::
+
+    pipeline.yaml            the parameters (one PipelineConfig)
+    state.json               which notebooks completed, with which parameters (for --resume)
+    notebooks/NN_*.ipynb     the executed notebooks (run records)
+    teacher/l<λ>/            one training run per lambda: config.yaml, metrics.jsonl, model.safetensors
+    student/<variant>/l<λ>/  variant "feds", "scratch" (the baseline) and any ablation
+    results/                 RD results (CompressAI's JSON format), BD-rate tables
+    figures/                 every figure the notebooks saved
+    report/                  standalone HTML of each notebook and index.html (offline, no server)
+
+The key figures are also copied to the repository's ``figures/`` when ``figures_dir`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import FedsLabError
+from .presets import PRESET_NAMES, train_preset
+
+NOTEBOOKS = ("01_teacher_training", "02_channel_entropy", "03_distillation", "04_rd_analysis")
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+#: Figures copied to the repository's figures/ folder after a run (from runs/<name>/figures/).
+KEY_FIGURES = (
+    "teacher_training_curves.png", "channel_entropy_heatmap.png", "channel_weights.png",
+    "distillation_curves.png", "feature_alignment_by_tap.png", "rd_psnr.png", "rd_ms_ssim.png", "bd_rate_table.png",
+)
+
+
+class PipelineError(FedsLabError):
+    """A notebook failed; the message names it and the failing cell's error."""
+
+
+@dataclass
+class PipelineConfig:
+    """Parameters of one pipeline run. ``None`` budget fields take the preset's value."""
+
+    name: str = "demo"  #: run folder name under runs_dir
+    preset: str = "tiny"  #: paper | small | tiny (model sizes and default budgets)
+    family: str = "cnn"  #: teacher's model family
+    student_family: str | None = None  #: student's family (None = the teacher's): cross-family distillation
+    lambdas: list[float] | None = None  #: one teacher and one student per lambda; None = the preset's ladder
+    teacher_steps: int | None = None  #: None = the preset's steps
+    student_steps: int | None = None  #: all three stages together; the scratch baseline gets the same
+    data: str | None = None  #: training images: a folder, or None for scikit-image's bundled photographs
+    eval_data: str | None = None  #: evaluation images (e.g. Kodak); None = the validation split of `data`
+    eval_split: str = "val"  #: split of eval_data to evaluate on: val | all
+    runs_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"  #: auto | cpu | cuda
+    train: dict[str, Any] = field(default_factory=dict)  #: TrainConfig overrides for every run (crop, lr, ...)
+    variants: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"feds": {}, "scratch": {"baseline": "scratch"}}
+    )  #: student variants: name -> TrainConfig overrides (ablations go here)
+    anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
+    entropy_images: int = 8  #: images for the channel-entropy notebook
+    figures_dir: str | None = "figures"  #: where key figures are copied; None = nowhere
+    notebooks: list[str] = field(default_factory=lambda: list(NOTEBOOKS))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        return cls().updated(values)
+
+    def updated(self, values: dict[str, Any]) -> PipelineConfig:
+        names = {f.name for f in dataclasses.fields(self)}
+        bad = sorted(set(values) - names)
+        if bad:
+            raise FedsLabError(f"unknown pipeline parameter(s) {bad}; known: {sorted(names)}")
+        return dataclasses.replace(self, **values)
+
+    def resolved(self) -> PipelineConfig:
+        if self.preset not in PRESET_NAMES:
+            raise FedsLabError(f"unknown preset {self.preset!r}; known: {list(PRESET_NAMES)}")
+        budget = train_preset(self.preset)
+        new = dataclasses.replace(self)
+        new.lambdas = [float(v) for v in (self.lambdas or budget["lambdas"])]
+        new.teacher_steps = int(self.teacher_steps or budget["steps"])
+        new.student_steps = int(self.student_steps or budget["steps"])
+        new.student_family = self.student_family or self.family
+        unknown = [n for n in new.notebooks if n not in NOTEBOOKS]
+        if unknown:
+            raise FedsLabError(f"unknown notebook(s) {unknown}; known: {list(NOTEBOOKS)}")
+        if len(new.lambdas) < 4 and "04_rd_analysis" in new.notebooks:
+            print("note: fewer than four lambdas: BD-rates need four RD points and will be reported as not computable",
+                  file=sys.stderr)
+        return new
+
+    @classmethod
+    def from_parameters(cls, run_dir: str, **params: Any) -> PipelineConfig:
+        """Rebuild the config inside a notebook from its ``parameters`` cell (see notebook_parameters)."""
+        run_dir = Path(run_dir)
+        params = {k: v for k, v in params.items() if k in {f.name for f in dataclasses.fields(cls)}}
+        return cls(name=run_dir.name, runs_dir=str(run_dir.parent), **params).resolved()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_dir)
+
+    def train_config(self, role: str, lmbda: float, variant: str | None = None):
+        """The TrainConfig of one run of this pipeline: the one place pipeline values map to training.
+
+        ``role`` is "teacher" or "student"; a student ``variant`` names an entry of ``variants``
+        (its overrides are applied last, so an ablation can change anything).
+        """
+        from .training import TrainConfig
+
+        base = dict(preset=self.preset, lmbda=float(lmbda), data=self.data, seed=self.seed, device=self.device)
+        if role == "teacher":
+            values = {**base, "role": "teacher", "family": self.family, "steps": self.teacher_steps,
+                      "out": str(self.layout.teacher(lmbda))}
+            values.update(self.train)
+        else:
+            if variant not in self.variants:
+                raise FedsLabError(f"unknown student variant {variant!r}; known: {list(self.variants)}")
+            overrides = dict(self.variants[variant] or {})
+            scratch = overrides.get("baseline") == "scratch"
+            values = {**base, "role": "student", "family": self.student_family or self.family,
+                      "steps": self.student_steps, "out": str(self.layout.student(variant, lmbda)),
+                      "teacher": None if scratch else str(self.layout.teacher(lmbda) / "model.safetensors")}
+            values.update(self.train)
+            values.update(overrides)
+        return TrainConfig().updated(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def notebook_parameters(self) -> dict[str, Any]:
+        """What every notebook's ``parameters`` cell receives (plain values only)."""
+        d = self.to_dict()
+        d.pop("notebooks")
+        d.pop("name")
+        d.pop("runs_dir")
+        d["run_dir"] = str(self.run_dir.resolve())
+        if d["figures_dir"]:
+            d["figures_dir"] = None  # notebooks save into the run folder; the pipeline copies key figures
+        return d
+
+
+# --- the layout of a run folder: the one place notebooks and pipeline agree on paths --------------
+
+class RunLayout:
+    def __init__(self, run_dir: str | Path):
+        self.root = Path(run_dir)
+
+    def teacher(self, lmbda: float) -> Path:
+        return self.root / "teacher" / f"l{lmbda:g}"
+
+    def student(self, variant: str, lmbda: float) -> Path:
+        return self.root / "student" / variant / f"l{lmbda:g}"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def figures(self) -> Path:
+        return self.root / "figures"
+
+    @property
+    def notebooks(self) -> Path:
+        return self.root / "notebooks"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def figure(self, name: str) -> Path:
+        self.figures.mkdir(parents=True, exist_ok=True)
+        return self.figures / name
+
+
+# --- running -------------------------------------------------------------------------------------
+
+def _digest(params: dict[str, Any], notebook: Path) -> str:
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    h.update(notebook.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _failure_message(name: str, err: Exception) -> str:
+    ename = getattr(err, "ename", type(err).__name__)
+    evalue = getattr(err, "evalue", str(err))
+    cell = getattr(err, "exec_count", None)
+    where = f" in cell [{cell}]" if cell else ""
+    return f"notebook {name} failed{where}: {ename}: {evalue}"
+
+
+def run_pipeline(config: PipelineConfig, resume: bool = False, log=print) -> Path:
+    """Run the notebooks in order; returns the run folder. Stops at the first failing notebook."""
+    import papermill as pm
+
+    cfg = config.resolved()
+    layout = RunLayout(cfg.run_dir)
+    layout.notebooks.mkdir(parents=True, exist_ok=True)
+    (layout.root / "pipeline.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    state_path = layout.root / "state.json"
+    state = json.loads(state_path.read_text()) if resume and state_path.exists() else {}
+    params = cfg.notebook_parameters()
+    t_all = time.perf_counter()
+    for name in cfg.notebooks:
+        src = NOTEBOOK_DIR / f"{name}.ipynb"
+        if not src.is_file():
+            raise PipelineError(f"notebook {src} is missing")
+        digest = _digest(params, src)
+        out = layout.notebooks / f"{name}.ipynb"
+        if resume and state.get(name, {}).get("digest") == digest and out.exists():
+            log(f"[pipeline] {name}: already completed with the same parameters, skipped (--resume)")
+            continue
+        log(f"[pipeline] {name}: running ...")
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3",
+                                cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False)
+        except Exception as e:  # papermill's PapermillExecutionError carries the cell's error
+            state.pop(name, None)
+            state_path.write_text(json.dumps(state, indent=2))
+            raise PipelineError(_failure_message(name, e) + f" (executed copy: {out})") from None
+        seconds = time.perf_counter() - t0
+        state[name] = {"digest": digest, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        state_path.write_text(json.dumps(state, indent=2))
+        log(f"[pipeline] {name}: done in {seconds:.0f} s")
+    from .report import write_report
+
+    index = write_report(layout.root)
+    log(f"[pipeline] report: {index}")
+    if config.figures_dir:
+        copied = copy_key_figures(layout, Path(config.figures_dir))
+        log(f"[pipeline] {len(copied)} key figures copied to {config.figures_dir}/")
+    total = time.perf_counter() - t_all
+    log(f"[pipeline] finished in {total / 60:.1f} min: {layout.root}")
+    return layout.root
+
+
+def copy_key_figures(layout: RunLayout, dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for name in KEY_FIGURES:
+        src = layout.figures / name
+        if src.exists():
+            copied.append(Path(shutil.copy2(src, dest / name)))
+    return copied
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def _cmd_pipeline(args) -> None:
+    cfg = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+    values: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise FedsLabError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    for key in ("name", "preset", "family", "data", "eval_data", "device", "runs_dir"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    if args.lambdas:
+        values["lambdas"] = [float(v) for v in args.lambdas.split(",")]
+    cfg = cfg.updated(values)
+    run_pipeline(cfg, resume=args.resume)
+
+
+def add_pipeline_parser(sub) -> None:
+    p = sub.add_parser("pipeline", help="run the four notebooks headless, in order (the main job)")
+    p.add_argument("--config", help="pipeline YAML (e.g. configs/pipeline_tiny.yaml, configs/study.yaml)")
+    p.add_argument("--name", help="run folder name under runs/ (default: demo)")
+    p.add_argument("--preset", choices=PRESET_NAMES)
+    p.add_argument("--family")
+    p.add_argument("--data", help="training images folder (default: scikit-image's bundled photographs)")
+    p.add_argument("--eval-data", dest="eval_data", help="evaluation images folder, e.g. Kodak")
+    p.add_argument("--lambdas", help="comma-separated, e.g. 0.0035,0.0067,0.013,0.025")
+    p.add_argument("--device")
+    p.add_argument("--runs-dir", dest="runs_dir")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any PipelineConfig field (YAML value)")
+    p.add_argument("--resume", action="store_true", help="skip notebooks that completed with the same parameters")
+    p.set_defaults(func=_cmd_pipeline)
+
+
+def _cmd_lab(args) -> None:
+    import os
+    import subprocess
+
+    # register this environment as the "feds-lab" kernel, so notebooks never meet a kernel
+    # that cannot import feds_lab
+    subprocess.run([sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", "feds-lab",
+                    "--display-name", "feds-lab (.venv)"], check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={NOTEBOOK_DIR}", "--ip", args.ip,
+           "--port", str(args.port)]
+    if args.no_browser:
+        cmd.append("--no-browser")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")  # containers and CI run as root; the server refuses root without it
+    os.execv(sys.executable, cmd)
+
+
+def add_lab_parser(sub) -> None:
+    p = sub.add_parser("lab", help="open JupyterLab on notebooks/ with the project's own kernel")
+    p.add_argument("--ip", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument("--no-browser", action="store_true")
+    p.set_defaults(func=_cmd_lab)

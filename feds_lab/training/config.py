@@ -1,0 +1,294 @@
+"""One run, one :class:`TrainConfig`: plain values, loadable from YAML, overridable from the command line.
+
+Precedence, lowest first: the dataclass defaults (budget fields ``None`` = "the preset's value",
+read from :func:`feds_lab.presets.train_preset` when the config is resolved), a YAML file, the
+individual CLI flags, then ``--set key=value`` (``model.M=64`` sets one model override).
+
+The resolved config (every ``None`` budget field filled in) is saved as ``config.yaml`` in the run
+folder; it is what a resumed run is checked against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import FedsLabError
+from ..losses import DEFAULT_TAPS, DISTILLATION_WEIGHTINGS, FEATURE_WEIGHTINGS, METRICS, MS_SSIM_MIN_SIDE
+from ..presets import LAMBDAS, PRESET_NAMES, ROLES, train_preset
+
+SCHEDULES = ("constant", "onecycle")
+BASELINES = ("none", "scratch")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Fields that change how a run is executed or reported, not the weights it ends with: a run may be
+#: resumed with other values for these (e.g. on another device, or with a progress bar).
+RUNTIME_FIELDS = frozenset(
+    {"out", "device", "threads", "resume", "progress", "log_every", "val_every", "val_images", "ckpt_every",
+     "max_nonfinite"}
+)
+
+# the fields train_preset() supplies when they are left at None
+_PRESET_FIELDS = ("steps", "batch_size", "crop", "lr", "schedule", "val_every", "ckpt_every")
+
+
+class ConfigError(FedsLabError, ValueError):
+    """A training config value is unknown, malformed or inconsistent (the message says which)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Units: steps are optimiser steps, crop is px, lr is per step.
+
+    Defaults marked "ours" are this project's choices where METHOD.md or the paper is silent.
+    """
+
+    # --- what is trained -------------------------------------------------------------------------
+    role: str = "teacher"  #: teacher | student
+    family: str = "cnn"  #: model family (feds_lab.models.list_families())
+    preset: str = "tiny"  #: paper | small | tiny: model sizes and, by default, the budget
+    model: dict[str, Any] = field(default_factory=dict)  #: build_model overrides, e.g. {"M": 64}
+    lmbda: float = LAMBDAS[2]  #: L_RD = bpp + lmbda * 255^2 * MSE (MS-SSIM: bpp + lmbda * (1 - MS-SSIM))
+    metric: str = "mse"  #: mse | ms-ssim
+    baseline: str = "none"  #: student only: none (FEDS) | scratch (same student, L_RD only, no teacher)
+    teacher: str | None = None  #: teacher checkpoint (.safetensors), needed by a FEDS student
+    warm_start: str | None = None  #: checkpoint whose weights initialise the model (e.g. a neighbouring lambda's)
+
+    # --- budget: None = the preset's value (feds_lab.presets.train_preset) -------------------------
+    steps: int | None = None  #: total optimiser steps (all stages together)
+    batch_size: int | None = None  #: global batch (split across ranks under torchrun)
+    crop: int | None = None  #: square training crops, px (a multiple of 64)
+    lr: float | None = None  #: Adam learning rate; the peak of the one-cycle schedule
+    schedule: str | None = None  #: constant | onecycle (torch OneCycleLR over all steps, peak lr)
+    aux_lr: float = 1e-3  #: Adam on the entropy bottleneck's quantiles (CompressAI's default)
+    clip_max_norm: float = 1.0  #: gradient clipping (CompressAI's example uses 1.0); 0 = off
+
+    # --- FEDS stages (student) -------------------------------------------------------------------
+    #: fractions of ``steps`` for feature alignment / channel distillation / fine-tuning (METHOD.md)
+    stage_split: tuple[float, float, float] = (0.3, 0.5, 0.2)
+    finetune_lr_factor: float = 0.1  #: fine-tuning runs at lr * this (ours)
+    alpha: float = 1.0  #: weight of L_feat in stages 1-2 (ours); 0 = no feature alignment
+    beta: float = 1.0  #: weight of L_ent in stage 2 (ours); 0 = no channel distillation
+    gamma: float = 0.0  #: weight of output distillation MSE(x_hat_S, x_hat_T) in stages 1-2
+    weighting: str = "softmax"  #: channel weights: softmax | linear | uniform | topk
+    tau: float = 1.0  #: softmax temperature of the channel weights, bits
+    taps: tuple[str, ...] = DEFAULT_TAPS  #: features aligned in L_feat
+    feature_weighting: str = "attention"  #: attention | plain
+
+    # --- data ------------------------------------------------------------------------------------
+    data: str | None = None  #: image folder; None = the built-in photographs
+    seed: int = 0  #: model initialisation, batches and quantisation noise
+
+    # --- running and reporting -------------------------------------------------------------------
+    out: str | None = None  #: run folder; None = runs/<run name>
+    device: str = "auto"  #: auto | cpu | cuda
+    threads: int | None = None  #: CPU threads for this run (torch.set_num_threads); None = torch's default
+    val_every: int | None = None  #: validate (real bitstreams) every this many steps and at the end; 0 = never
+    val_images: int | None = None  #: validate on at most this many held-out images; None = all
+    ckpt_every: int | None = None  #: write the training state every this many steps
+    log_every: int = 1  #: a "train" line in metrics.jsonl every this many steps (mean over them)
+    max_nonfinite: int = 20  #: stop after more than this many non-finite steps in a row
+    resume: bool = True  #: continue from the state in the run folder, if any (False: start over)
+    progress: bool = True  #: tqdm progress bar (rank 0 only)
+
+    # --- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from plain values (e.g. parsed YAML), coercing each to its field's type."""
+        return cls().updated(values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config file at {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of field: value")
+        return cls.from_dict(values)
+
+    def updated(self, values: dict[str, Any]) -> TrainConfig:
+        """A copy with ``values`` applied; keys ``model.X`` set one model override."""
+        new = dataclasses.replace(self, model=dict(self.model))
+        hints = _hints()
+        for key, value in values.items():
+            if key.startswith("model.") and len(key) > 6:
+                new.model[key[6:]] = value
+                continue
+            if key not in hints:
+                near = difflib.get_close_matches(key, list(hints), n=1)
+                hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(hints)}"
+                raise ConfigError(f"unknown config field {key!r}; {hint}")
+            setattr(new, key, _coerce(key, value, hints[key]))
+        return new
+
+    def with_overrides(self, assignments: list[str]) -> TrainConfig:
+        """Apply ``key=value`` strings (``--set``); values are read as YAML (``null``, ``[1, 2]``, ``true``)."""
+        values = {}
+        for item in assignments:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--set expects key=value, got {item!r}")
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        return self.updated(values)
+
+    # --- resolution and checks -------------------------------------------------------------------
+    def resolved(self) -> TrainConfig:
+        """A copy with the preset's budget filled in, a default run folder, and every value checked."""
+        if self.preset not in PRESET_NAMES:
+            raise ConfigError(f"unknown preset {self.preset!r}; known: {list(PRESET_NAMES)}")
+        budget = train_preset(self.preset)
+        new = self.updated({k: budget[k] for k in _PRESET_FIELDS if getattr(self, k) is None})
+        if new.out is None:
+            new.out = str(Path("runs") / new.run_name())
+        new.check()
+        return new
+
+    def run_name(self) -> str:
+        """teacher-cnn-tiny-l0.0067, student-..., scratch-... (the scratch baseline)."""
+        kind = "scratch" if self.role == "student" and self.baseline == "scratch" else self.role
+        return f"{kind}-{self.family}-{self.preset}-l{self.lmbda:g}"
+
+    @property
+    def distills(self) -> bool:
+        """True for a FEDS student (a teacher, three stages); False for a teacher or the scratch baseline."""
+        return self.role == "student" and self.baseline == "none"
+
+    def check(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(self.role in ROLES, f"role must be one of {list(ROLES)}, got {self.role!r}")
+        need(self.baseline in BASELINES, f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")
+        need(self.role == "student" or self.baseline == "none", "baseline applies to students only")
+        if self.distills:
+            need(self.teacher is not None, "a FEDS student needs a teacher checkpoint (--teacher CKPT), "
+                 "or --baseline scratch for the baseline")
+        else:
+            need(self.teacher is None, f"a {self.run_name().split('-')[0]} run takes no teacher (got {self.teacher!r})")
+        need(self.metric in METRICS, f"metric must be one of {list(METRICS)}, got {self.metric!r}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        need(self.device in DEVICES or self.device.startswith("cuda:"),
+             f"device must be one of {list(DEVICES)} or cuda:N, got {self.device!r}")
+        need(self.weighting in DISTILLATION_WEIGHTINGS,
+             f"weighting must be one of {list(DISTILLATION_WEIGHTINGS)}, got {self.weighting!r}")
+        need(self.feature_weighting in FEATURE_WEIGHTINGS,
+             f"feature_weighting must be one of {list(FEATURE_WEIGHTINGS)}, got {self.feature_weighting!r}")
+        need(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        need(self.crop >= 64 and self.crop % 64 == 0, f"crop must be a positive multiple of 64 px, got {self.crop}")
+        need(self.metric != "ms-ssim" or self.crop >= MS_SSIM_MIN_SIDE,
+             f"metric ms-ssim needs crops of at least {MS_SSIM_MIN_SIDE} px (five scales), got {self.crop}; "
+             "use crop=192 or more")
+        for name in ("lr", "aux_lr", "finetune_lr_factor", "tau"):
+            need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("alpha", "beta", "gamma", "clip_max_norm", "lmbda"):
+            need(getattr(self, name) >= 0, f"{name} must be non-negative, got {getattr(self, name)}")
+        need(len(self.stage_split) == 3 and all(f >= 0 for f in self.stage_split)
+             and math.isclose(sum(self.stage_split), 1.0, abs_tol=1e-6),
+             f"stage_split must be three non-negative fractions summing to 1, got {list(self.stage_split)}")
+        need(len(self.taps) > 0 or self.alpha == 0, "taps is empty: give at least one tap, or alpha=0")
+        for name in ("val_every", "ckpt_every"):
+            need(getattr(self, name) >= 0, f"{name} must be non-negative (0 = never), got {getattr(self, name)}")
+        need(self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}")
+        need(self.max_nonfinite >= 0, f"max_nonfinite must be non-negative, got {self.max_nonfinite}")
+        need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
+        need(self.val_images is None or self.val_images >= 1, f"val_images must be at least 1, got {self.val_images}")
+
+    # --- saving and comparing --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON values (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else (dict(v) if isinstance(v, dict) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
+    def identity(self) -> dict[str, Any]:
+        """The values that decide the trained weights (everything but :data:`RUNTIME_FIELDS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+    def differences(self, other: TrainConfig) -> list[str]:
+        """``field: mine -> theirs`` for every identity field that differs."""
+        a, b = self.identity(), other.identity()
+        return [f"{k}: {a[k]!r} -> {b.get(k)!r}" for k in a if a[k] != b.get(k)]
+
+    def save_yaml(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+# --- coercion -----------------------------------------------------------------------------------
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+_NONE_WORDS = ("none", "null", "~", "")
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """``value`` as field ``name`` of type ``tp`` wants it; strings from the command line are parsed."""
+    if tp is Any:
+        return value
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+            if type(None) in args:
+                return None
+        if value is None:
+            raise ConfigError(f"config field {name!r} cannot be empty")
+        return _coerce(name, value, next(a for a in args if a is not type(None)))
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            word = str(value).strip().lower()
+            if word in _TRUE_WORDS + _FALSE_WORDS:
+                return word in _TRUE_WORDS
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if value is None or isinstance(value, (dict, list, tuple)):
+                raise ValueError
+            return str(value)
+        origin = typing.get_origin(tp)
+        if origin is tuple:
+            items = [s.strip() for s in value.split(",") if s.strip()] if isinstance(value, str) else list(value)
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(name, v, args[0]) for v in items)
+            if len(items) != len(args):
+                raise ValueError
+            return tuple(_coerce(name, v, a) for v, a in zip(items, args))
+        if origin is dict:
+            if value is None:
+                return {}
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"config field {name!r} expects {_type_name(tp)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -1,0 +1,500 @@
+"""The training loop: teachers on L_RD, FEDS students in three stages, and the scratch baseline.
+
+One function, :func:`train`, reads top to bottom: run folder, models, optimisers, data, the loop,
+the final model. One step, in CompressAI's practice (its ``examples/train.py``)::
+
+    x = batch(step) ─► [teacher, no_grad] ─► teacher_out
+                  └──► objective(x, stage, teacher_out) ─► loss ─► backward ─► clip ─► Adam
+                                                 model.aux_loss() ─► backward ─► Adam (quantiles)
+
+The stage of a step comes from :class:`~feds_lab.training.stages.StagePlan`; the loss of each stage
+from :class:`~feds_lab.training.stages.TrainingObjective`. Batch ``step`` is a function of
+``(seed, step)`` alone (``dataset.sample_batch``), and the state saved at a checkpoint holds torch's
+RNG (the quantisation noise), so a run killed at any moment and resumed ends with the same weights
+as one that never stopped.
+
+Test hook: with the environment variable ``FEDS_LAB_TEST_KILL_AT_STEP=k`` the process SIGKILLs
+itself right after writing the checkpoint of step ``k`` (used by ``tests/test_resume.py``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from .. import coding
+from ..checkpoint import load_model, load_weights, save_model
+from ..data import eval_images, load_dataset
+from ..errors import CheckpointError, FedsLabError
+from ..evaluation.metrics import psnr
+from ..losses import RateDistortionLoss
+from ..models import build_model
+from . import distributed
+from .config import ConfigError, TrainConfig
+from .distributed import Distributed
+from .stages import Stage, StagePlan, TrainingObjective
+from .state import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, MetricsLog, atomic_write_bytes, clear_run,
+                    load_state, save_state)
+
+KILL_HOOK_ENV = "FEDS_LAB_TEST_KILL_AT_STEP"
+STATE_FORMAT = "feds-lab-train-state/1"
+
+
+class TrainingInterrupted(FedsLabError):
+    """SIGINT/SIGTERM stopped the run after saving its state; the same command resumes it."""
+
+
+class NonFiniteLossError(FedsLabError):
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+def train(config: TrainConfig) -> Path:
+    """Train the model ``config`` describes and return the final checkpoint (``<out>/model.safetensors``).
+
+    In-process (notebooks, pipelines) or under ``torchrun`` (data-parallel). With ``config.resume``
+    (default) a run folder holding a finished run of the same config returns at once, and one
+    holding a training state continues from it; ``resume=False`` starts over.
+    """
+    cfg = config.resolved()
+    threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dd = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, dd)
+    finally:
+        distributed.teardown(dd)
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, dd: Distributed) -> Path:
+    out = Path(cfg.out)
+    device = dd.device
+    say = _printer(dd)
+
+    # --- 0. the run folder: finished, resumable, or new ------------------------------------------
+    if cfg.resume and (out / MODEL_FILE).exists():
+        diffs = _saved_config_differences(out, cfg)
+        if not diffs:
+            say(f"{out}: finished run with this config; nothing to do")
+            return out / MODEL_FILE
+        raise ConfigError(f"{out} holds a finished run with another config ({'; '.join(diffs)}); "
+                          "use --fresh (resume=False) to overwrite it, or another --out")
+    state = None
+    if cfg.resume and (out / STATE_FILE).exists():
+        state = load_state(out / STATE_FILE)
+        diffs = TrainConfig.from_dict(state["config"]).differences(cfg)
+        if diffs:
+            raise ConfigError(f"{out} holds a run with another config ({'; '.join(diffs)}); "
+                              "use --fresh (resume=False) to start over, or another --out")
+    dd.barrier()  # every rank has read the state before rank 0 may clear the folder
+    metrics = MetricsLog(out / METRICS_FILE)
+    if dd.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            clear_run(out)
+        else:
+            metrics.truncate_after(state["step"])  # lines a killed run logged after its last checkpoint
+        atomic_write_bytes(out / CONFIG_FILE, _yaml(cfg))
+    dd.barrier()
+
+    # --- 1. models: the one we train, the frozen teacher, the adapters ---------------------------
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.role, preset=cfg.preset, family=cfg.family, **cfg.model)
+    if cfg.warm_start and state is None:
+        load_weights(model, cfg.warm_start)
+        say(f"warm start from {cfg.warm_start}")
+    teacher = load_teacher(cfg.teacher, device) if cfg.distills else None
+    objective = TrainingObjective.for_config(cfg, model, teacher).to(device)
+    plan = StagePlan.from_config(cfg)
+    if dd.active:
+        torch.manual_seed(cfg.seed + dd.rank)  # each rank draws its own quantisation noise
+
+    # --- 2. optimisers: Adam on the weights (and adapters), Adam on the quantiles (aux loss) ------
+    step = state["step"] if state else 0
+    stage = Stage(state["stage"]) if state else None  # the stage of the last step done
+    optimizer, aux_optimizer = configure_optimizers(objective, cfg, adapters=stage is not Stage.FINE_TUNING)
+    scheduler = make_scheduler(optimizer, cfg)
+    nonfinite, skipped, seconds, window = 0, 0, 0.0, _Window()
+    if state:
+        model.load_state_dict(state["model"])
+        for name, module in objective.adapters().items():
+            module.load_state_dict(state["adapters"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        aux_optimizer.load_state_dict(state["aux_optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state, dd, cfg.seed + step)
+        nonfinite, skipped, seconds = state["nonfinite"], state["skipped"], state["seconds"]
+        window = _Window.from_state(state["window"], device)  # a log line half-way through its steps
+        say(f"{out}: resuming at step {step} of {cfg.steps} ({stage.value})")
+    objective.train()
+    step_fn: nn.Module = objective if not dd.active else _data_parallel(objective, device)
+
+    # --- 3. data: batch `step` is a function of (seed, step); ranks take slices of it -------------
+    dataset = load_dataset(cfg.data, "train", cfg.crop, seed=cfg.seed)
+    rows = dd.batch_slice(cfg.batch_size)
+    val_set = (eval_images(cfg.data, "val")[: cfg.val_images] if dd.is_main and cfg.val_every else [])
+    max_norm = cfg.clip_max_norm if cfg.clip_max_norm > 0 else math.inf  # inf: measure the norm, clip nothing
+
+    # --- 4. the loop -------------------------------------------------------------------------------
+    show = dd.is_main and cfg.progress and not os.environ.get("TQDM_DISABLE")
+    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.run_name(), disable=not show, dynamic_ncols=True,
+               file=sys.stderr)
+    t0 = time.perf_counter() - seconds
+    with _stop_on_signals() as stop:
+        for step in range(step, cfg.steps):
+            if plan.stage_at(step) is not stage:
+                stage = plan.stage_at(step)
+                if stage is Stage.FINE_TUNING:
+                    enter_fine_tuning(optimizer, cfg.finetune_lr_factor)
+                end = next(e for _, b, e in plan.spans() if b <= step < e)
+                say(f"{stage.value}: steps {step + 1}-{end}")
+
+            x = dataset.sample_batch(step, cfg.batch_size, cfg.seed)[rows].to(device, non_blocking=True)
+            teacher_out = None
+            if objective.uses_teacher(stage):
+                with torch.no_grad():
+                    teacher_out = teacher(x, return_features=True)
+
+            optimizer.zero_grad(set_to_none=True)
+            aux_optimizer.zero_grad(set_to_none=True)
+            terms = step_fn(x, stage, teacher_out)
+            terms["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), max_norm)
+            finite = bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm))
+            bad, stopping = dd.any(not finite, stop.requested)  # every rank takes the same branch
+            if bad:  # skip the update: the weights stay as the last good step left them
+                nonfinite, skipped = nonfinite + 1, skipped + 1
+                if nonfinite == 1:
+                    say(f"step {step + 1}: non-finite loss or gradient, step skipped")
+                if nonfinite > cfg.max_nonfinite:
+                    bar.close()
+                    raise _too_many_nonfinite(cfg, out, nonfinite, step + 1)
+            else:
+                nonfinite = 0
+                optimizer.step()
+                aux_loss = model.aux_loss()  # on the unwrapped model: it only touches the quantiles
+                aux_loss.backward()
+                aux_optimizer.step()
+                window.add(terms, aux_loss=aux_loss, grad_norm=grad_norm)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+            done = step + 1
+            if scheduler is not None and done < cfg.steps:
+                scheduler.step()  # even after a skipped step: the schedule is a function of the step
+            bar.update(1)
+
+            # reporting: metrics.jsonl, progress bar, validation (rank 0 only)
+            if dd.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+                record = {"step": done, "stage": stage.value, "kind": "train", **window.means(),
+                          "lr": lr, "skipped": skipped, "seconds": _since(t0)}
+                metrics.append(record)
+                bar.set_postfix(_postfix(record), refresh=False)
+                window = _Window()
+            if dd.is_main and cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
+                _log_validation(metrics, validate(model, val_set, objective.rd_loss), done, stage, t0)
+
+            # checkpoint at intervals, and on SIGINT/SIGTERM after finishing the step
+            # (not during a run of non-finite steps: the last checkpoint stays the last good one)
+            if stopping or (cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps and not nonfinite):
+                state = _training_state(cfg, dd, objective, optimizer, aux_optimizer, scheduler, done, stage,
+                                        nonfinite, skipped, _since(t0), window)
+                if dd.is_main:
+                    save_state(state, out / STATE_FILE)
+                    _test_kill_hook(done)
+            if stopping:
+                bar.close()
+                raise TrainingInterrupted(f"stopped by signal after step {done}; state saved in {out / STATE_FILE}. "
+                                          "Run the same command again to resume.")
+    bar.close()
+
+    # --- 5. the final model: update the CDF tables, validate, save ----------------------------------
+    model.update(force=True)
+    val = validate(model, val_set, objective.rd_loss) if val_set else None
+    if dd.is_main and val is not None:
+        _log_validation(metrics, val, cfg.steps, stage or plan.stage_at(cfg.steps - 1), t0)
+    state = _training_state(cfg, dd, objective, optimizer, aux_optimizer, scheduler, cfg.steps,
+                            stage or plan.stage_at(cfg.steps - 1), nonfinite, skipped, _since(t0), window)
+    if dd.is_main:
+        save_state(state, out / STATE_FILE)  # kept, so that a run can be extended by hand
+        record = training_record(cfg, dd, teacher, seconds=_since(t0), skipped=skipped, val=val)
+        save_model(model, out / MODEL_FILE, record)  # written last: its presence marks a finished run
+        say(f"{out / MODEL_FILE}: {cfg.steps} steps in {_since(t0):.0f} s" + (f", {skipped} skipped" if skipped else "")
+            + (f"; val {val['psnr']:.2f} dB at {val['bpp']:.3f} bpp" if val else ""))
+    dd.barrier()
+    return out / MODEL_FILE
+
+
+# --- optimisers and schedules -----------------------------------------------------------------------
+def configure_optimizers(objective: TrainingObjective, cfg: TrainConfig, adapters: bool = True):
+    """CompressAI's split: Adam over every parameter except the entropy bottleneck's quantiles
+    (``*.quantiles``), and a second Adam over the quantiles, driven by ``model.aux_loss()``.
+
+    The adapters form their own parameter group (named ``adapters``), so that fine-tuning can drop them.
+    """
+    main = [p for n, p in objective.model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+    aux = [p for n, p in objective.model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+    groups = [{"params": main, "name": "model"}]
+    if adapters and objective.adapter_parameters():
+        groups.append({"params": objective.adapter_parameters(), "name": "adapters"})
+    return torch.optim.Adam(groups, lr=cfg.lr), torch.optim.Adam(aux, lr=cfg.aux_lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """``onecycle``: torch's OneCycleLR over all steps with peak ``lr`` (its defaults otherwise:
+    30 % warm-up, cosine, beta1 cycled); ``constant``: None."""
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
+    return None
+
+
+def enter_fine_tuning(optimizer: torch.optim.Optimizer, lr_factor: float) -> None:
+    """Stage 3: drop the adapters (group and Adam state) and scale the learning rate by ``lr_factor``.
+
+    Scaling the one-cycle bookkeeping (``initial_lr``/``max_lr``/``min_lr``) as well keeps the
+    schedule's shape: fine-tuning follows the same curve, ``lr_factor`` lower.
+    """
+    for group in optimizer.param_groups:
+        if group.get("name") == "adapters":
+            for p in group["params"]:
+                optimizer.state.pop(p, None)
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g.get("name") != "adapters"]
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+            if key in group:
+                group[key] *= lr_factor
+
+
+def _data_parallel(objective: TrainingObjective, device: torch.device) -> DistributedDataParallel:
+    """DDP over the model and its adapters. Adapters sit idle in some stages (hence
+    ``find_unused_parameters``); the only buffers are CDF tables, which rank 0 alone refreshes to
+    validate and training never reads, so they are not synchronised on each forward pass."""
+    no_buffer_sync = ({"forward_sync_buffers": False}  # the newer name
+                      if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                      else {"broadcast_buffers": False})
+    return DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=bool(objective.adapters()), **no_buffer_sync)
+
+
+# --- teacher -------------------------------------------------------------------------------------
+def load_teacher(path: str | os.PathLike, device: torch.device) -> nn.Module:
+    """The frozen teacher: eval mode (rounding, no noise), no gradients, on ``device``."""
+    try:
+        teacher = load_model(path, device=device)
+    except CheckpointError as e:
+        raise CheckpointError(f"cannot load the teacher: {e}") from None
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+# --- validation ----------------------------------------------------------------------------------
+@torch.no_grad()
+def validate(model: nn.Module, images: list[tuple[str, torch.Tensor]], rd_loss: RateDistortionLoss) -> dict[str, float]:
+    """Real coding on held-out images with the live model (no copy): mean ``psnr`` (dB, 8-bit RGB),
+    ``bpp`` (the whole file's bytes), ``stream_bpp``, ``bpp_likelihood`` and ``loss`` (L_RD with it).
+
+    ``update(force=True)`` rebuilds the CDF tables from the current weights; they are buffers that
+    training never reads, so validating mid-run changes nothing in training. Train mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    model.update(force=True)
+    device = next(model.parameters()).device
+    rows = []
+    for _, x in images:
+        x = x.to(device)
+        xp, pad = coding.pad_image(x)
+        out = model(xp)
+        rd = rd_loss({"x_hat": coding.crop_image(out["x_hat"], pad).clamp(0, 1), "likelihoods": out["likelihoods"]}, x)
+        enc = coding.encode(model, x)
+        dec = coding.decode(model, enc.data)
+        rows.append({"psnr": psnr(x.cpu(), dec.x_hat.cpu()), "bpp": enc.bpp, "stream_bpp": enc.stream_bpp,
+                     "bpp_likelihood": float(rd["bpp_loss"]), "loss": float(rd["loss"])})
+    model.train(was_training)
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
+
+
+def _log_validation(metrics: MetricsLog, val: dict[str, float], step: int, stage: Stage, t0: float) -> None:
+    metrics.append({"step": step, "stage": stage.value, "kind": "val", **val, "seconds": _since(t0)})
+    if val:
+        tqdm.write(f"step {step}: val {val['psnr']:.2f} dB, {val['bpp']:.3f} bpp "
+                  f"(likelihood {val['bpp_likelihood']:.3f}), loss {val['loss']:.4f}", file=sys.stderr)
+
+
+# --- state and record ----------------------------------------------------------------------------
+def _training_state(cfg, dd, objective, optimizer, aux_optimizer, scheduler, step, stage, nonfinite, skipped,
+                    seconds, window) -> dict[str, Any]:
+    """Everything a resumed run needs, as tensors and plain values (``torch.load(weights_only=True)``).
+
+    A collective under torchrun (every rank's RNG state is gathered), so all ranks call it.
+    """
+    cuda = dd.device.type == "cuda"
+    return {
+        "format": STATE_FORMAT,
+        "step": step,
+        "stage": stage.value,
+        "nonfinite": nonfinite,
+        "skipped": skipped,
+        "seconds": seconds,
+        "window": {"n": window.n, "sums": window.sums},
+        "model": objective.model.state_dict(),
+        "adapters": {name: m.state_dict() for name, m in objective.adapters().items()},
+        "optimizer": optimizer.state_dict(),
+        "aux_optimizer": aux_optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": dd.gather(torch.get_rng_state()),
+        "cuda_rng": dd.gather(torch.cuda.get_rng_state(dd.device).cpu()) if cuda else None,
+        "world_size": dd.world_size,
+        "config": cfg.to_dict(),
+    }
+
+
+def _restore_rng(state: dict[str, Any], dd: Distributed, fallback_seed: int) -> None:
+    rng, cuda_rng = state.get("rng") or [], state.get("cuda_rng")
+    if len(rng) == dd.world_size:
+        torch.set_rng_state(rng[dd.rank])
+        if cuda_rng and dd.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng[dd.rank], dd.device)
+    else:  # another number of processes than the run that saved it: still deterministic, no longer exact
+        torch.manual_seed(fallback_seed + dd.rank)
+        if dd.is_main:
+            print(f"note: the state was saved by {len(rng)} process(es), this run has {dd.world_size}; "
+                  "the quantisation noise restarts from a fresh seed", file=sys.stderr)
+
+
+def training_record(cfg: TrainConfig, dd: Distributed, teacher: nn.Module | None, seconds: float, skipped: int,
+                    val: dict[str, float] | None) -> dict[str, Any]:
+    """The record embedded in ``model.safetensors``: what was trained, on which budget, how it did."""
+    from ..checkpoint import fingerprint
+
+    device_name = torch.cuda.get_device_name(dd.device) if dd.device.type == "cuda" else "cpu"
+    return {
+        "role": cfg.role,
+        "run": cfg.run_name().split("-")[0],  # teacher | student | scratch
+        "baseline": cfg.baseline,
+        "lmbda": cfg.lmbda,
+        "metric": cfg.metric,
+        "teacher": {"path": str(cfg.teacher), "fingerprint": fingerprint(teacher)} if teacher is not None else None,
+        "warm_start": cfg.warm_start,
+        "budget": {
+            "steps": cfg.steps, "batch_size": cfg.batch_size, "crop": cfg.crop, "schedule": cfg.schedule,
+            "lr": cfg.lr, "aux_lr": cfg.aux_lr, "stage_split": list(cfg.stage_split) if cfg.role == "student" else None,
+            "finetune_lr_factor": cfg.finetune_lr_factor if cfg.role == "student" else None,
+            "wall_seconds": round(seconds, 2), "device": str(dd.device), "device_name": device_name,
+            "threads": torch.get_num_threads(), "world_size": dd.world_size, "skipped_steps": skipped,
+        },
+        "val": val,
+        "train_config": cfg.to_dict(),
+    }
+
+
+# --- small helpers -------------------------------------------------------------------------------
+class _Window:
+    """Sums of the loss terms since the last log line (tensors: no device sync until it is written)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, terms: dict[str, torch.Tensor], **extra: torch.Tensor) -> None:
+        for k, v in {**terms, **extra}.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach()
+        self.n += 1
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> _Window:
+        w = cls()
+        w.n, w.sums = state["n"], {k: v.to(device) for k, v in state["sums"].items()}
+        return w
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / self.n for k, v in self.sums.items()} if self.n else {}
+
+
+def _postfix(record: dict[str, Any]) -> dict[str, str]:
+    keys = ("loss", "bpp_loss", "mse_loss", "ms_ssim_loss", "feat_loss", "ent_loss", "out_loss")
+    out = {k.removesuffix("_loss"): f"{record[k]:.4g}" for k in keys if k in record}
+    out["lr"] = f"{record['lr']:.2e}"
+    return out
+
+
+class _StopFlag:
+    requested = False
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[_StopFlag]:
+    """SIGINT/SIGTERM set a flag; the loop saves at the end of the step and stops cleanly.
+    (Only in the main thread, where Python allows handlers; elsewhere signals act as usual.)"""
+    flag = _StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving the state", file=sys.stderr)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _test_kill_hook(step: int) -> None:
+    if os.environ.get(KILL_HOOK_ENV) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _saved_config_differences(out: Path, cfg: TrainConfig) -> list[str]:
+    path = out / CONFIG_FILE
+    if not path.exists():
+        return ["no config.yaml beside the model"]
+    return TrainConfig.from_yaml(path).differences(cfg)
+
+
+def _too_many_nonfinite(cfg: TrainConfig, out: Path, count: int, step: int) -> NonFiniteLossError:
+    last = "none"
+    if (out / STATE_FILE).exists():
+        try:
+            last = f"{out / STATE_FILE} (step {load_state(out / STATE_FILE)['step']})"
+        except CheckpointError:
+            last = f"{out / STATE_FILE} (unreadable)"
+    return NonFiniteLossError(
+        f"{count} non-finite steps in a row (max_nonfinite={cfg.max_nonfinite}) at step {step}: the run stopped. "
+        f"Last good checkpoint: {last}. Try a lower lr, check the data, or raise max_nonfinite.")
+
+
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 3)
+
+
+def _yaml(cfg: TrainConfig) -> bytes:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
+
+
+def _printer(dd: Distributed):
+    def say(msg: str) -> None:
+        if dd.is_main:
+            tqdm.write(msg, file=sys.stderr)  # above the progress bar, not through it
+
+    return say

@@ -1,0 +1,179 @@
+"""The run report: standalone HTML pages that hold what they claim, and say what is missing."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+
+import nbformat
+import pytest
+import yaml
+from bs4 import BeautifulSoup
+from PIL import Image
+
+from feds_lab.pipeline import KEY_FIGURES
+from feds_lab.report import HIDDEN_CLASS, TOGGLE_ID, write_report
+
+
+def _png_bytes(color, size=(24, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _notebook(title: str, png: bytes | None, error: bool = False) -> nbformat.NotebookNode:
+    """A small executed notebook with hand-made outputs: text, a table, an image, maybe an error."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "feds-lab", "display_name": "feds-lab (.venv)", "language": "python"}
+    code = nbformat.v4.new_code_cell("print('secret_code_marker')", execution_count=1)
+    code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="hello <from> stdout\n")]
+    cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nThe rate $R = -\\log_2 p(\\hat y)$ in bits.\n"), code]
+    if png is not None:
+        fig = nbformat.v4.new_code_cell("fig", execution_count=2)
+        fig.outputs = [nbformat.v4.new_output(
+            "display_data", data={"image/png": base64.b64encode(png).decode(), "text/plain": "<Figure>"})]
+        cells.append(fig)
+    if error:
+        bad = nbformat.v4.new_code_cell("1 / 0", execution_count=3)
+        bad.outputs = [nbformat.v4.new_output("error", ename="ZeroDivisionError", evalue="division by zero",
+                                              traceback=["ZeroDivisionError: division by zero"])]
+        cells.append(bad)
+    nb.cells = cells
+    return nb
+
+
+BD_ROWS = [
+    ["test", "anchor", "metric", "bd_rate", "ci_low", "ci_high", "note"],
+    ["feds", "scratch", "psnr", "-3.14159", "-6.2", "0.5", ""],
+    ["feds", "jpeg", "psnr", "-21.5", "-25.0", "-18.0", ""],
+    ["scratch", "jpeg <anchor>", "psnr", "", "", "", "fewer than four points"],
+]
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run folder as the pipeline leaves it after notebooks 01 and 02 (02 with an error) and part of 04."""
+    root = tmp_path / "runs" / "demo"
+    (root / "notebooks").mkdir(parents=True)
+    nbformat.write(_notebook("01 teacher", _png_bytes("red")), root / "notebooks" / "01_teacher_training.ipynb")
+    nbformat.write(_notebook("02 entropy", _png_bytes("blue"), error=True),
+                   root / "notebooks" / "02_channel_entropy.ipynb")
+    figures = root / "figures"
+    figures.mkdir()
+    (figures / KEY_FIGURES[0]).write_bytes(_png_bytes("green"))
+    (figures / KEY_FIGURES[1]).write_bytes(_png_bytes("yellow"))
+    (figures / "odd <name>.png").write_bytes(_png_bytes("black"))  # not a key figure, escaped in the page
+    (figures / "notes.txt").write_text("not a figure")
+    (root / "results").mkdir()
+    with (root / "results" / "bd_rate.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(BD_ROWS)
+    params = {"name": "demo", "preset": "tiny", "lambdas": [0.0035, 0.0067], "teacher_steps": 20,
+              "data": "<script>alert(1)</script>"}
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "state.json").write_text(json.dumps({
+        "01_teacher_training": {"digest": "x", "seconds": 12.5, "finished": "2025-01-01 10:00:00"},
+    }))
+    return root
+
+
+def _soup(path):
+    return BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+
+
+def _png_imgs(soup):
+    return [img for img in soup.find_all("img") if img.get("src", "").startswith("data:image/png;base64,")]
+
+
+def _table(soup, css_id):
+    table = soup.find("table", id=css_id)
+    assert table is not None, f"no table #{css_id}"
+    return [[c.get_text() for c in tr.find_all(["th", "td"])] for tr in table.find_all("tr")]
+
+
+def test_index_holds_figures_table_parameters_and_times(run_dir):
+    index = write_report(run_dir)
+    assert index == run_dir / "report" / "index.html"
+    soup = _soup(index)
+
+    # every PNG of figures/ is embedded, the key ones in their own section; all offline (data URIs)
+    assert len(_png_imgs(soup)) == 3
+    assert all(img["src"].startswith("data:") for img in soup.find_all("img"))
+    key = soup.find(id="key-figures")
+    assert [img["alt"] for img in _png_imgs(key)] == list(KEY_FIGURES[:2])
+    assert "odd <name>.png" in soup.find(id="other-figures").get_text()
+    assert "Not made yet" in soup.get_text() and KEY_FIGURES[-1] in soup.get_text()
+    # the embedded bytes are the figure's bytes
+    src = _png_imgs(key)[0]["src"].split(",", 1)[1]
+    assert base64.b64decode(src) == (run_dir / "figures" / KEY_FIGURES[0]).read_bytes()
+
+    # the BD-rate table: the CSV's header and rows, numbers shortened to four significant digits
+    rows = _table(soup, "bd-rate")
+    assert rows[0] == BD_ROWS[0]
+    assert len(rows) == len(BD_ROWS)
+    assert rows[1][:3] == ["feds", "scratch", "psnr"] and rows[1][3] == "-3.142"
+    assert rows[3][1] == "jpeg <anchor>" and rows[3][-1] == "fewer than four points"
+
+    # parameters, escaped: the page has no script at all
+    params = dict(r for r in _table(soup, "parameters")[1:])
+    assert params["preset"] == "tiny" and params["teacher_steps"] == "20"
+    assert params["data"] == "<script>alert(1)</script>"
+    assert soup.find("script") is None
+
+    # notebooks: links for executed copies, times from state.json, a failure and the missing ones said
+    nb_rows = {r[0]: r for r in _table(soup, "notebooks")[1:]}
+    assert nb_rows["01_teacher_training"][1:3] == ["completed", "12.5"]
+    assert nb_rows["02_channel_entropy"][1].startswith("failed: ZeroDivisionError")
+    assert nb_rows["03_distillation"][1] == "not run" and nb_rows["04_rd_analysis"][1] == "not run"
+    links = [a["href"] for a in soup.find_all("a")]
+    assert links == ["01_teacher_training.html", "02_channel_entropy.html"]
+    for href in links:
+        assert (index.parent / href).is_file()
+
+
+def test_notebook_pages_are_standalone_with_a_code_toggle(run_dir):
+    write_report(run_dir)
+    for name, color in (("01_teacher_training", "red"), ("02_channel_entropy", "blue")):
+        page = run_dir / "report" / f"{name}.html"
+        soup = _soup(page)
+        imgs = _png_imgs(soup)
+        assert len(imgs) == 1, f"{name}: expected the one image output, embedded"
+        assert base64.b64decode(imgs[0]["src"].split(",", 1)[1]) == _png_bytes(color)
+        assert "hello <from> stdout" in soup.get_text()  # outputs escaped, not parsed as tags
+        # the toggle: a button, the CSS rule that hides code inputs, the script that flips the class
+        button = soup.find("button", id=TOGGLE_ID)
+        assert button is not None and button.get_text() == "Hide code"
+        assert f"body.{HIDDEN_CLASS} .jp-CodeCell .jp-Cell-inputWrapper" in page.read_text()
+        assert any(HIDDEN_CLASS in s.get_text() and TOGGLE_ID in s.get_text() for s in soup.find_all("script"))
+        # code inputs sit where the rule finds them; the markdown (and its TeX) is outside code cells
+        inputs = soup.select(".jp-CodeCell .jp-Cell-inputWrapper")
+        assert inputs and "secret_code_marker" in inputs[0].get_text()
+        assert "\\log_2" in soup.get_text()
+        assert soup.find("a", href="index.html") is not None
+
+
+def test_missing_pieces_are_said_not_raised(tmp_path):
+    root = tmp_path / "empty_run"
+    root.mkdir()
+    index = write_report(root)
+    text = _soup(index).get_text()
+    assert "No BD-rate table yet" in text
+    assert "No pipeline.yaml" in text
+    assert text.count("not run") == 4
+    assert "Not made yet" in text
+    assert not list((root / "report").glob("0*.html"))
+
+
+def test_unreadable_pieces_do_not_stop_the_report(tmp_path):
+    root = tmp_path / "broken_run"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "notebooks" / "01_teacher_training.ipynb").write_text("{ not json")
+    (root / "results").mkdir()
+    (root / "results" / "bd_rate.csv").write_text("")
+    (root / "state.json").write_text("[1, 2")
+    (root / "pipeline.yaml").write_text("just a string")
+    text = _soup(write_report(root)).get_text()
+    assert "bd_rate.csv is empty" in text
+    assert "just a string" in text
+    assert text.count("not run") == 4  # the unreadable notebook is reported as not run, not a crash
