@@ -1,7 +1,7 @@
 """Training throughput: our loop against CompressAI's textbook loop, and the price of distillation.
 
 Four loops on the same model sizes, batch and crop, measured in one run with interleaved repetitions
-(medians of steps per second, warm-up steps excluded):
+(steps per second = 1 / the median step time of a repetition; warm-up steps excluded):
 
 - ``ours teacher``: :func:`feds_lab.training.train` for a teacher (everything in the loop: data,
   clipping, non-finite checks, schedule, metrics.jsonl), timed from its own per-step records;
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -41,8 +42,8 @@ from feds_lab.training import TrainConfig, read_metrics, train  # noqa: E402
 
 
 def plain_compressai_loop(preset: str, lmbda: float, batch: int, crop: int, lr: float, warmup: int, steps: int,
-                          seed: int = 0) -> float:
-    """Steps per second of the textbook loop (CompressAI ``examples/train.py``: ``configure_optimizers``
+                          seed: int = 0) -> list[float]:
+    """Seconds of each timed step of the textbook loop (CompressAI ``examples/train.py``: ``configure_optimizers``
     and ``train_one_epoch``), on the same model, batches and learning rate as ours."""
     torch.manual_seed(seed)
     net = build_model("teacher", preset=preset)
@@ -57,9 +58,8 @@ def plain_compressai_loop(preset: str, lmbda: float, batch: int, crop: int, lr: 
     aux_optimizer = torch.optim.Adam((params_dict[n] for n in sorted(aux_parameters)), lr=1e-3)
     clip_max_norm = 1.0
 
+    times, t0 = [], time.perf_counter()
     for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
         d = dataset.sample_batch(i, batch, seed)
         optimizer.zero_grad()
         aux_optimizer.zero_grad()
@@ -74,14 +74,17 @@ def plain_compressai_loop(preset: str, lmbda: float, batch: int, crop: int, lr: 
         aux_optimizer.step()
         if i % 10 == 0:  # the textbook loop prints its losses every 10 batches
             _ = (out_criterion["loss"].item(), out_criterion["mse_loss"].item(), aux_loss.item())
-    return steps / (time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        t0 = t1
+    return times[warmup:]
 
 
-def our_loop(cfg: TrainConfig, warmup: int, steps: int) -> float:
-    """Steps per second of :func:`train`, from the ``seconds`` of its per-step metrics records."""
+def our_loop(cfg: TrainConfig, warmup: int, steps: int) -> list[float]:
+    """Seconds of each timed step of :func:`train`, from the ``seconds`` of its per-step metrics records."""
     train(cfg)
-    records = {m["step"]: m["seconds"] for m in read_metrics(cfg.out) if m["kind"] == "train"}
-    return steps / (records[warmup + steps] - records[warmup])
+    at = {m["step"]: m["seconds"] for m in read_metrics(cfg.out) if m["kind"] == "train"}
+    return [at[s] - at[s - 1] for s in range(warmup + 1, warmup + steps + 1)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,11 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     }
     print(f"preset {args.preset}, batch {batch}, crop {crop}, {args.steps} timed steps (+{args.warmup} warm-up) "
           f"x {args.reps} interleaved repetitions, {args.threads} thread(s), cpu", file=sys.stderr)
+    # steps/s of a repetition = 1 / its median step time: robust to bursts of load from other processes
     rates: dict[str, list[float]] = {k: [] for k in loops}
-    for rep in range(args.reps):
-        for name, loop in loops.items():
-            rates[name].append(loop())
-        print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()), file=sys.stderr)
+    try:
+        for rep in range(args.reps):
+            for name, loop in loops.items():
+                rates[name].append(1.0 / statistics.median(loop()))
+            print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()), file=sys.stderr)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"{'loop':<14} {'steps/s (median)':>17}  runs")

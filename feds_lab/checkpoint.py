@@ -66,6 +66,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, record: dict[str
         save_file(state, tmp, metadata={RECORD_KEY: json.dumps(full, default=str)})
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

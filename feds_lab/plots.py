@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -46,12 +47,13 @@ def rd_curves(
     if not loaded:
         raise ValueError("rd_curves needs at least one results file")
     colors = sns.color_palette("tab10", n_colors=max(len(loaded), 1))
-    for color, res in zip(colors, loaded):
+    for i, (color, res) in enumerate(zip(colors, loaded)):
         bpp, quality = rd_curve(res, metric)
         order = np.argsort(bpp)
-        dashed = any(res["name"].startswith(c) for c in CLASSICAL)
+        name = str(res.get("name", f"curve {i + 1}"))
+        dashed = any(name.startswith(c) for c in CLASSICAL)
         ax.plot(bpp[order], quality[order], marker="o", markersize=4, linewidth=1.5,
-                linestyle="--" if dashed else "-", color=color, label=res["name"])
+                linestyle="--" if dashed else "-", color=color, label=name)
     ax.set_xlabel(RATE_LABEL)
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(title or f"Rate-distortion: {METRIC_LABELS[metric].split(' (')[0]} against rate")
@@ -87,7 +89,7 @@ def bd_rate_table(
     """BD figures as a DataFrame and a table figure.
 
     rows: dicts with ``test``, ``anchor``, ``bd_rate`` (%), ``bd_quality`` (dB) and optionally
-    ``ci_low``/``ci_high`` (%), ``failed``, ``metric`` (as ``feds_lab.evaluation.cli.bd_table``
+    ``ci_low``/``ci_high`` (%), ``failed``, ``metric`` (as ``feds_lab.evaluation.rd_analysis.bd_table``
     returns them).
     """
     names = {"test": "test", "anchor": "anchor", "metric": "metric", "bd_rate": "BD-rate (%)",
@@ -143,3 +145,196 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = 150) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+# --- training, entropy and distillation figures (notebooks 01-03) ----------------------------------
+
+STAGE_COLOURS = {"rate_distortion": "#ffffff", "feature_alignment": "#dbe9f6", "channel_distillation": "#fde2c8",
+                 "fine_tuning": "#dff0d8"}
+
+
+def _read_runs(runs: dict[str, str | Path]) -> dict[str, list[dict]]:
+    from .training import read_metrics
+
+    return {label: read_metrics(path) for label, path in runs.items()}
+
+
+def _smooth(values, k: int = 9):
+    v = np.asarray(values, dtype=float)
+    if len(v) < 3 * k:
+        return v
+    kernel = np.ones(k) / k
+    pad = np.pad(v, (k // 2, k - 1 - k // 2), mode="edge")
+    return np.convolve(pad, kernel, mode="valid")
+
+
+def training_curves(runs: dict[str, str | Path], title: str = "Training") -> Figure:
+    """Loss terms per step (left: total loss; middle: rate, bpp; right: validation PSNR vs real bpp).
+
+    ``runs`` maps a label to a run folder holding ``metrics.jsonl``.
+    """
+    data = _read_runs(runs)
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for i, (label, rows) in enumerate(data.items()):
+        c = f"C{i}"
+        tr = [r for r in rows if r.get("kind") == "train"]
+        val = [r for r in rows if r.get("kind") == "val"]
+        if tr:
+            steps = [r["step"] for r in tr]
+            axes[0].plot(steps, _smooth([r["loss"] for r in tr]), color=c, label=label)
+            axes[1].plot(steps, _smooth([r["bpp_loss"] for r in tr]), color=c, label=label)
+        if val:
+            axes[2].plot([r["bpp"] for r in val], [r["psnr"] for r in val], "o-", color=c, ms=3, label=label)
+            axes[2].annotate(f"step {val[-1]['step']}", (val[-1]["bpp"], val[-1]["psnr"]), fontsize=7,
+                             xytext=(3, 3), textcoords="offset points")
+    axes[0].set(title="total loss (smoothed)", xlabel="step", ylabel="loss (bpp + λ·255²·MSE)", yscale="log")
+    axes[1].set(title="rate term", xlabel="step", ylabel="rate (bpp, likelihood)")
+    axes[2].set(title="validation, real bitstreams", xlabel="bpp (bits per pixel, from bytes)", ylabel="PSNR (dB)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def entropy_heatmap(H, image_names, title: str = "Channel entropy") -> Figure:
+    """``H`` (M, images) bits per element; rows sorted by mean entropy, highest first."""
+    import seaborn as sns
+
+    H = np.asarray(H.detach().cpu() if hasattr(H, "detach") else H, dtype=float)
+    order = np.argsort(-H.mean(1))
+    fig = Figure(figsize=(max(5, 1.1 * H.shape[1] + 3), max(4, 0.12 * H.shape[0] + 2)), layout="constrained")
+    ax = fig.add_subplot()
+    sns.heatmap(H[order], ax=ax, cmap="magma", xticklabels=list(image_names),
+                yticklabels=[str(i) for i in order] if H.shape[0] <= 64 else False,
+                cbar_kws={"label": "entropy H_c (bits/element)"})
+    ax.set(title=title, xlabel="image", ylabel="latent channel (sorted by mean entropy)")
+    return fig
+
+
+def sorted_entropy(h, title: str = "Channels sorted by entropy") -> Figure:
+    """Mean entropy per channel (M,), sorted, with the cumulative share of all bits."""
+    h = np.asarray(h.detach().cpu() if hasattr(h, "detach") else h, dtype=float)
+    s = np.sort(h)[::-1]
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(np.arange(len(s)), s, color="C0")
+    ax.set(xlabel="channel rank (by entropy)", ylabel="entropy H_c (bits/element)", title=title)
+    ax2 = ax.twinx()
+    share = np.cumsum(s) / max(s.sum(), 1e-12) * 100
+    ax2.plot(np.arange(len(s)), share, color="C3", label="cumulative share of bits")
+    ax2.set(ylabel="cumulative share of bits (%)", ylim=(0, 101))
+    ax2.legend(loc="center right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def channel_weights_by_tau(h, taus=(0.25, 0.5, 1.0, 2.0, 4.0), title: str | None = None) -> Figure:
+    """The distillation weights w = M softmax(H / tau) per channel (sorted by entropy), per tau, plus linear."""
+    import torch
+
+    from .losses import channel_weights
+
+    h = torch.as_tensor(np.asarray(h.detach().cpu() if hasattr(h, "detach") else h, dtype=np.float32))
+    order = torch.argsort(h, descending=True)
+    fig = Figure(figsize=(8, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, tau in enumerate(taus):
+        ax.plot(channel_weights(h, "softmax", tau)[order].numpy(), color=matplotlib.colormaps["viridis"](i / max(1, len(taus) - 1)),
+                label=f"softmax, τ={tau:g} bits")
+    ax.plot(channel_weights(h, "linear")[order].numpy(), "k--", label="linear (w ∝ H)")
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":", label="uniform")
+    ax.set(xlabel="channel rank (by entropy)", ylabel="weight w_c (mean 1)", yscale="log",
+           title=title or "Channel-distillation weights at several temperatures")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def channel_ablation_bars(table, title: str = "Channel ablation") -> Figure:
+    """``table``: rows with image, variant, bpp, psnr (feds_lab.analysis.channel_ablation_table)."""
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, col, label in ((axes[0], "bpp", "bpp (bits per pixel, real coding)"), (axes[1], "psnr", "PSNR (dB)")):
+        piv = df.pivot_table(index="image", columns="variant", values=col, sort=False)
+        piv.plot.bar(ax=ax, rot=30)
+        ax.set(ylabel=label, xlabel="image", title=col)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def _shade_stages(ax, rows) -> None:
+    spans: list[list] = []
+    for r in rows:
+        if spans and spans[-1][0] == r["stage"]:
+            spans[-1][2] = r["step"]
+        else:
+            start = spans[-1][2] if spans else 0
+            spans.append([r["stage"], start, r["step"]])
+    for stage, a, b in spans:
+        ax.axvspan(a, b, color=STAGE_COLOURS.get(stage, "#eeeeee"), alpha=0.6, lw=0)
+        ax.text((a + b) / 2, 0.98, stage.replace("_", " "), transform=ax.get_xaxis_transform(), ha="center",
+                va="top", fontsize=7, color="#555555")
+
+
+def stage_curves(runs: dict[str, str | Path], title: str = "Training by stage") -> Figure:
+    """Per run: the rate-distortion term L_RD (solid) and the total loss (dotted) against step, with stages shaded."""
+    data = _read_runs(runs)
+    fig = Figure(figsize=(14, 4.5), layout="constrained")
+    (ax, axv) = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
+    shaded = False
+    for i, (label, rows) in enumerate(data.items()):
+        tr = [r for r in rows if r.get("kind") == "train"]
+        if not tr:
+            continue
+        if not shaded and any(r["stage"] in ("feature_alignment", "channel_distillation") for r in tr):
+            _shade_stages(ax, tr)
+            shaded = True
+        steps = [r["step"] for r in tr]
+        c = f"C{i % 10}"
+        ax.plot(steps, _smooth([r.get("rd_loss", r["loss"]) for r in tr]), color=c, label=f"{label}: L_RD")
+        if any("feat_loss" in r or "ent_loss" in r for r in tr):
+            ax.plot(steps, _smooth([r["loss"] for r in tr]), color=c, ls=":", lw=1, label=f"{label}: total")
+        val = [r for r in rows if r.get("kind") == "val"]
+        if val:
+            axv.plot([r["bpp"] for r in val], [r["psnr"] for r in val], "o-", ms=3, color=c, label=label)
+    ax.set(xlabel="step", ylabel="loss (smoothed)", yscale="log", title="losses; shaded: FEDS stages")
+    axv.set(xlabel="bpp (bits per pixel, from bytes)", ylabel="PSNR (dB)", title="validation, real bitstreams")
+    for a in (ax, axv):
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7, ncol=2 if a is ax else 1)
+    fig.suptitle(title)
+    return fig
+
+
+def feature_alignment_by_tap(runs: dict[str, str | Path], title: str = "Feature-alignment error by tap") -> Figure:
+    """Unweighted per-tap alignment loss (``feat_<tap>`` in metrics.jsonl) against step, one panel per run."""
+    data = _read_runs(runs)
+    n = max(1, len(data))
+    fig = Figure(figsize=(4.5 * n, 3.8), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False, sharey=True)
+    for ax, (label, rows) in zip(axes[0], data.items()):
+        tr = [r for r in rows if r.get("kind") == "train"]
+        taps = sorted({k[5:] for r in tr for k in r if k.startswith("feat_") and k != "feat_loss"})
+        for j, tap in enumerate(taps):
+            pts = [(r["step"], r[f"feat_{tap}"]) for r in tr if f"feat_{tap}" in r]
+            if pts:
+                s, v = zip(*pts)
+                ax.plot(s, _smooth(v), color=f"C{j}", label=tap)
+        ax.set(title=label, xlabel="step", yscale="log")
+        ax.grid(alpha=0.3)
+        if taps:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no feature alignment in this run", ha="center", transform=ax.transAxes)
+    axes[0][0].set_ylabel("attention-weighted MSE (adapted student vs teacher)")
+    fig.suptitle(title)
+    return fig

@@ -109,19 +109,21 @@ def _figure(png: Path) -> str:
     return f'<figure><img src="{_data_uri(png)}" alt="{name}"><figcaption>{name}</figcaption></figure>'
 
 
-def _cell(value: str) -> str:
-    """A table cell; numbers right-aligned and shortened to four significant digits."""
+def _cell(value: str, numbers: bool = True) -> str:
+    """A table cell; with ``numbers``, numbers right-aligned and shortened to four significant digits."""
     try:
-        number = float(value)
+        number = float(value) if numbers else None
     except ValueError:
+        number = None
+    if number is None:
         return f"<td>{escape(value)}</td>"
     text = value if number.is_integer() and "." not in value else f"{number:.4g}"
     return f'<td class="num">{escape(text)}</td>'
 
 
-def _table(header: list[str], rows: list[list[str]], css_id: str) -> str:
+def _table(header: list[str], rows: list[list[str]], css_id: str, numbers: bool = True) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(_cell(v, numbers) for v in row) + "</tr>" for row in rows)
     return f'<table id="{css_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -156,7 +158,7 @@ def _parameters_section(root: Path) -> str:
     if not isinstance(params, dict):
         return f"<pre>{escape(text)}</pre>"
     rows = [[str(k), v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)] for k, v in params.items()]
-    return _table(["parameter", "value"], rows, "parameters")
+    return _table(["parameter", "value"], rows, "parameters", numbers=False)
 
 
 def _notebook_names(layout: RunLayout, state: dict) -> list[str]:
@@ -180,7 +182,8 @@ def _notebooks_section(layout: RunLayout, state: dict, pages: dict[str, str | No
                       else "completed" if entry else "executed copy present, no run record")
         else:
             link = escape(name)
-            status = '<span class="missing">not run</span>'
+            status = ('<span class="missing">recorded as run, but its executed copy is missing</span>' if entry
+                      else '<span class="missing">not run</span>')
         time_cell = f'<td class="num">{seconds:.1f}</td>' if isinstance(seconds, (int, float)) else "<td></td>"
         finished = escape(str(entry.get("finished", ""))) if isinstance(entry, dict) else ""
         rows.append(f"<tr><td>{link}</td><td>{status}</td>{time_cell}<td>{finished}</td></tr>")

@@ -213,6 +213,7 @@ class Steps:
         self.folder = Path(folder)
         self.n = 0
         self.shots: dict[str, Path] = {}
+        self.seconds: dict[str, float] = {}
 
     def screenshot(self, label: str) -> Path | None:
         path = self.folder / f"{self.n:02d}-{re.sub(r'[^a-z0-9]+', '-', label.lower()).strip('-')}.png"
@@ -225,12 +226,15 @@ class Steps:
     @contextmanager
     def step(self, name: str):
         self.n += 1
+        t0 = time.monotonic()
         try:
             yield
         except Exception as e:
             shot = self.screenshot(f"{name} FAILED")
             raise AssertionError(f"step {self.n} ({name}) failed: {type(e).__name__}: {e}\n"
                                  f"screenshot: {shot or '(none could be taken)'}") from e
+        self.seconds[name] = time.monotonic() - t0
+        print(f"[browser] step {self.n} ({name}): {self.seconds[name]:.1f} s")  # shown by pytest -rP or on failure
         shot = self.screenshot(name)
         if shot:
             self.shots[name] = shot

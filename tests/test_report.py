@@ -74,6 +74,7 @@ def run_dir(tmp_path):
     (root / "pipeline.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "state.json").write_text(json.dumps({
         "01_teacher_training": {"digest": "x", "seconds": 12.5, "finished": "2025-01-01 10:00:00"},
+        "03_distillation": {"digest": "y", "seconds": 30.0},  # its executed copy went missing
     }))
     return root
 
@@ -125,7 +126,9 @@ def test_index_holds_figures_table_parameters_and_times(run_dir):
     nb_rows = {r[0]: r for r in _table(soup, "notebooks")[1:]}
     assert nb_rows["01_teacher_training"][1:3] == ["completed", "12.5"]
     assert nb_rows["02_channel_entropy"][1].startswith("failed: ZeroDivisionError")
-    assert nb_rows["03_distillation"][1] == "not run" and nb_rows["04_rd_analysis"][1] == "not run"
+    assert nb_rows["03_distillation"][1].endswith("executed copy is missing")
+    assert nb_rows["04_rd_analysis"][1] == "not run"
+    assert _table(soup, "notebooks")[-1][:3] == ["total", "", "42.5"]
     links = [a["href"] for a in soup.find_all("a")]
     assert links == ["01_teacher_training.html", "02_channel_entropy.html"]
     for href in links:

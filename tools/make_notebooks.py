@@ -5,13 +5,13 @@ KERNEL = {"name": "feds-lab", "display_name": "feds-lab (.venv)", "language": "p
 
 PARAMS = '''# Parameters (papermill replaces this cell's values; `feds-lab pipeline` passes the same to all four notebooks)
 preset = "tiny"            # paper | small | tiny: model sizes and default budgets (feds_lab/presets.py)
-family = "cnn"             # teacher's model family: cnn | transformer | compressai:mbt2018-mean ...
-student_family = None      # None = the teacher's family; another one = cross-family distillation
-lambdas = None             # None = the preset's lambda ladder
-teacher_steps = None       # None = the preset's budget
+family = "cnn"             # teacher model family: cnn | transformer | compressai:mbt2018-mean ...
+student_family = None      # None means the teacher family, another one means cross-family distillation
+lambdas = None             # None means the preset lambda ladder
+teacher_steps = None       # None means the preset budget
 student_steps = None       # all three stages together; the scratch baseline gets the same
-data = None                # training images folder; None = scikit-image's bundled photographs
-eval_data = None           # evaluation images folder (e.g. Kodak); None = validation split of `data`
+data = None                # training images folder; None means scikit-image bundled photographs
+eval_data = None           # evaluation images folder  such as Kodak, None means the validation split of data
 eval_split = "val"         # val | all
 seed = 0
 device = "auto"            # auto | cpu | cuda
@@ -305,7 +305,7 @@ needs fewer bits). The interval is a 95 % bootstrap over images. Rows that canno
 than four points, no overlap, non-monotonic curves) say why instead of giving a number.'''),
 ("code", '''bd = results.bd_table
 bd.to_csv(layout.results / "bd_rate.csv", index=False)
-fig = plots.bd_rate_figure(bd, title="BD-rate (PSNR), 95 % bootstrap interval over images")
+table, fig = plots.bd_rate_table(bd.to_dict("records"), title="BD-rate (PSNR), 95 % bootstrap interval over images")
 plots.save_figure(fig, layout.figure("bd_rate_table.png"))
 bd'''),
 ("md", '''## Parameters and speed
@@ -315,7 +315,7 @@ count recorded in the results files). The paper reports about 63 % fewer paramet
 coding time for its student; `benchmarks/size_speed.py` measures the `paper` preset's ratios.'''),
 ("code", '''ps = results.params_speed
 ps.to_csv(layout.results / "params_speed.csv", index=False)
-ps'''),
+ps.round(3)'''),
 ("md", '''## Things to try
 
 - **Your own evaluation set** (`eval_data="/path/to/kodak"`, `eval_split="all"`): Kodak's 24 images at

@@ -155,7 +155,8 @@ def _cmd_anchors(args) -> None:
             points = [{"setting": next(iter(s.values())), **{k: v[i] for k, v in res["results"].items()}}
                       for i, s in enumerate(res["settings"])]
             print(f"\n{res['name']} ({res['meta']['swept']})")
-            print(format_table(points, [("setting", res["meta"]["swept"], 2)] + _ROW_COLUMNS[1:2] + _ROW_COLUMNS[4:]))
+            measured = [c for c in _ROW_COLUMNS if c[0] not in ("image", "bpp-estimate", "bpp-gap-percent")]
+            print(format_table(points, [("setting", res["meta"]["swept"], 2)] + measured))
         print(f"wrote {Path(args.output) / (res['name'].lower() + '.json')}")
 
 
@@ -180,37 +181,10 @@ def add_bdrate_parser(subparsers) -> None:
     p.set_defaults(func=_cmd_bdrate)
 
 
-def bd_table(
-    anchor, tests, metric="psnr", method="pchip", bootstrap=0, confidence=0.95, seed=0
-) -> list[dict[str, Any]]:
-    """One row per test curve: BD-rate (%), BD-quality (dB), and with ``bootstrap`` its interval."""
-    from .bdrate import BDRateError, bd_quality, bd_rate, bootstrap_bd
-    from .evaluate import _quality_transform, load_results, paired_per_image, rd_curve
-
-    anchor = load_results(anchor)
-    a_curve = rd_curve(anchor, metric)
-    rows = []
-    for test in tests:
-        test = load_results(test)
-        t_curve = rd_curve(test, metric)
-        try:
-            row = {"anchor": anchor["name"], "test": test["name"], "metric": metric, "method": method,
-                   "bd_rate": bd_rate(*a_curve, *t_curve, method),
-                   "bd_quality": bd_quality(*a_curve, *t_curve, method)}
-            if bootstrap:
-                _, ra, qa, rt, qt = paired_per_image(anchor, test, metric)
-                result = bootstrap_bd(ra, qa, rt, qt, method=method, quality_transform=_quality_transform(metric),
-                                      n_resamples=bootstrap, confidence=confidence, seed=seed)
-                row.update({"ci_low": result.low, "ci_high": result.high, "resamples": result.n_resamples,
-                            "failed": result.n_failed, "confidence": confidence})
-        except BDRateError as err:  # say which pair of curves
-            raise BDRateError(f"{test['name']} against {anchor['name']}: {err}") from None
-        rows.append(row)
-    return rows
-
-
 @_user_errors("bdrate")
 def _cmd_bdrate(args) -> None:
+    from .rd_analysis import bd_table
+
     if args.bootstrap < 0:
         raise ValueError("--bootstrap must be >= 0")
     rows = bd_table(args.anchor, args.tests, args.metric, args.method, args.bootstrap, args.confidence, args.seed)

@@ -27,6 +27,7 @@ value, except ``ms-ssim-rgb-db`` = dB of the mean MS-SSIM (what CompressAI's plo
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .. import checkpoint, coding
 from ..errors import FedsLabError
+from ..models.entropy import PAD_MULTIPLE
 from .metrics import image_quality, ms_ssim_db
 
 Image = tuple[str, torch.Tensor]  # (name, (1, 3, H, W) float in [0, 1])
@@ -195,34 +198,25 @@ def paired_per_image(
 
 # --- images ------------------------------------------------------------------------------------------
 
-#: Colour photographs bundled inside scikit-image (no download).
-_SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left")
+#: Colour photographs bundled inside scikit-image's package (read as files: no fetcher, no network).
+_SKIMAGE_PHOTOS = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
+                   "rocket": "rocket.jpg", "motorcycle_left": "motorcycle_left.png"}
 
 
 def _default_eval_images() -> list[Image]:
-    """The evaluation images when no folder is named: scikit-image's bundled colour photos
-    (300x451 to 512x512 px). Point this at ``feds_lab.data.builtin_images`` once it exists."""
-    import skimage.data
+    """The evaluation images when no folder is named: five of scikit-image's bundled colour photos
+    (300x451 to 500x741 px), as [(name, (1, 3, H, W) float in [0, 1])].
 
-    images = []
-    for name in _SKIMAGE_PHOTOS:
-        if name == "motorcycle_left":
-            array = skimage.data.stereo_motorcycle()[0]
-        else:
-            array = getattr(skimage.data, name)()
-        images.append((name, _to_tensor(array[..., :3])))
-    return images
-
-
-def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float() / 255
+    astronaut, chelsea and motorcycle_left are also in ``feds_lab.data``'s built-in *training*
+    split, so a model trained on the built-in set is not measured on held-out images here (the CLI
+    says so); ``feds_lab.data.eval_images(None, "val")`` holds out only coffee and rocket.
+    """
+    folder = importlib.resources.files("skimage.data")
+    return [(name, coding.load_image(Path(str(folder / file)))) for name, file in _SKIMAGE_PHOTOS.items()]
 
 
 def load_folder_images(folder: str | Path) -> list[Image]:
     """Every image file in ``folder`` (sorted by name), read with ``feds_lab.coding.load_image``."""
-    from .. import coding
-
     folder = Path(folder)
     if not folder.is_dir():
         raise ResultsError(f"not a folder: {folder}")
@@ -238,10 +232,8 @@ def load_folder_images(folder: str | Path) -> list[Image]:
 def likelihood_bpp(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Rate the entropy model predicts for x: sum of -log2 likelihoods of y and z over H*W of x
     (unpadded size), from one eval-mode forward pass of the padded image."""
-    from .. import coding
-
     h, w = x.shape[-2:]
-    x_padded, _ = coding.pad_image(x, 64)
+    x_padded, _ = coding.pad_image(x, PAD_MULTIPLE)
     with torch.no_grad():
         out = model(x_padded)
     bits = sum(float((-torch.log2(lik)).sum()) for lik in out["likelihoods"].values())
@@ -269,8 +261,6 @@ def evaluate_model(
     :func:`summarize` computes it. Times are measured after one untimed warm-up coding
     of the first image (first calls pay for allocations and lazy set-up).
     """
-    from .. import coding
-
     if not images:
         raise ResultsError("no images to evaluate")
     model.eval()
@@ -325,16 +315,15 @@ def evaluate_checkpoints(
     images: Sequence[Image],
     curve_name: Callable[[dict[str, Any]], str] = _curve_name,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> list[dict[str, Any]]:
     """Evaluate checkpoints and group them into RD curves, one results dict per curve.
 
-    Checkpoints whose records give the same ``curve_name`` (default: family-role-preset) form one
-    curve, one point per lambda, sorted by bpp; two checkpoints of one curve with the same lambda
+    Checkpoints whose records give the same ``curve_name`` (default: family-role-preset, then the
+    run if it is not the role, e.g. ``-scratch``, and the metric if not MSE) form one curve, one point per lambda, sorted by bpp; two checkpoints of one curve with the same lambda
     are an error. ``settings`` holds each point's lambda and checkpoint path; ``meta`` the thread
     count and each checkpoint's record (budget included).
     """
-    from .. import checkpoint
-
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path in map(Path, paths):
         if not path.exists():
@@ -351,7 +340,7 @@ def evaluate_checkpoints(
             raise ResultsError(f"curve {name!r} has two checkpoints with lambda {sorted(dupes)}: {clash}")
         points, records = [], []
         for path, record in tqdm(members, desc=f"curve {name}", disable=not progress):
-            model = checkpoint.load_model(path)
+            model = checkpoint.load_model(path, device=device)
             point = evaluate_model(model, images, name=name, progress=progress)
             points.append({"rows": point["rows"], "setting": {"lmbda": record.get("lmbda"), "checkpoint": str(path)}})
             records.append({"checkpoint": str(path), "budget": record.get("budget"), "record": record})

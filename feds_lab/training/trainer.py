@@ -10,8 +10,8 @@ the final model. One step, in CompressAI's practice (its ``examples/train.py``):
 The stage of a step comes from :class:`~feds_lab.training.stages.StagePlan`; the loss of each stage
 from :class:`~feds_lab.training.stages.TrainingObjective`. Batch ``step`` is a function of
 ``(seed, step)`` alone (``dataset.sample_batch``), and the state saved at a checkpoint holds torch's
-RNG (the quantisation noise), so a run killed at any moment and resumed ends with the same weights
-as one that never stopped.
+RNG (the quantisation noise), so a run killed at any moment resumes from its last checkpoint and
+ends with the same weights as one that never stopped.
 
 Test hook: with the environment variable ``FEDS_LAB_TEST_KILL_AT_STEP=k`` the process SIGKILLs
 itself right after writing the checkpoint of step ``k`` (used by ``tests/test_resume.py``).
@@ -109,7 +109,7 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
             clear_run(out)
         else:
             metrics.truncate_after(state["step"])  # lines a killed run logged after its last checkpoint
-        atomic_write_bytes(out / CONFIG_FILE, _yaml(cfg))
+        atomic_write_bytes(out / CONFIG_FILE, cfg.to_yaml().encode())
     dd.barrier()
 
     # --- 1. models: the one we train, the frozen teacher, the adapters ---------------------------
@@ -483,13 +483,7 @@ def _too_many_nonfinite(cfg: TrainConfig, out: Path, count: int, step: int) -> N
 
 
 def _since(t0: float) -> float:
-    return round(time.perf_counter() - t0, 3)
-
-
-def _yaml(cfg: TrainConfig) -> bytes:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
+    return round(time.perf_counter() - t0, 4)
 
 
 def _printer(dd: Distributed):

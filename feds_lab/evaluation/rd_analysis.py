@@ -1,0 +1,161 @@
+"""The rate-distortion analysis of a pipeline run (notebook 04): every model and anchor, compared.
+
+``analyse_run`` codes the evaluation images with every teacher and student checkpoint (real
+bitstreams) and with the classical anchors, writes CompressAI-format results files, and builds
+the comparisons a reader needs: student against teacher, FEDS against the scratch baseline, each
+ablation against FEDS, and each learned codec against JPEG, with bootstrap intervals over images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .anchors import run_anchors
+from .bdrate import BDRateError, bd_quality, bd_rate, bootstrap_bd
+from .evaluate import (
+    _quality_transform,
+    evaluate_model,
+    load_results,
+    make_results,
+    paired_per_image,
+    rd_curve,
+    save_results,
+)
+
+
+def bd_table(anchor, tests, metric="psnr", method="pchip", bootstrap=0, confidence=0.95, seed=0,
+             strict: bool = True) -> list[dict[str, Any]]:
+    """One row per test curve: BD-rate (%), BD-quality (dB), and with ``bootstrap`` its interval.
+
+    With ``strict=False`` a pair that has no BD figure (too few points, no overlap, non-monotonic)
+    gets a row whose ``note`` says why, instead of raising.
+    """
+    anchor = load_results(anchor)
+    a_curve = rd_curve(anchor, metric)
+    rows = []
+    for test in tests:
+        test = load_results(test)
+        t_curve = rd_curve(test, metric)
+        row: dict[str, Any] = {"anchor": anchor["name"], "test": test["name"], "metric": metric, "method": method}
+        try:
+            row.update(bd_rate=bd_rate(*a_curve, *t_curve, method), bd_quality=bd_quality(*a_curve, *t_curve, method))
+            if bootstrap:
+                _, ra, qa, rt, qt = paired_per_image(anchor, test, metric)
+                result = bootstrap_bd(ra, qa, rt, qt, method=method, quality_transform=_quality_transform(metric),
+                                      n_resamples=bootstrap, confidence=confidence, seed=seed)
+                row.update({"ci_low": result.low, "ci_high": result.high, "resamples": result.n_resamples,
+                            "failed": result.n_failed, "confidence": confidence})
+        except BDRateError as err:  # say which pair of curves
+            if strict:
+                raise BDRateError(f"{test['name']} against {anchor['name']}: {err}") from None
+            row.update(bd_rate=np.nan, bd_quality=np.nan, note=f"not computable: {err}")
+        rows.append(row)
+    return rows
+
+
+def evaluate_curve(name: str, checkpoints: dict[float, Path], images, description: str = "") -> dict[str, Any]:
+    """One RD curve: each checkpoint (one per lambda) coded on every image."""
+    from ..checkpoint import load_model
+
+    points, records = [], {}
+    for lmbda, path in sorted(checkpoints.items()):
+        model = load_model(path)
+        ev = evaluate_model(model, images, name=name)
+        points.append({"rows": ev["rows"], "setting": {"lmbda": lmbda, "checkpoint": str(path)}})
+        records[f"{lmbda:g}"] = getattr(model, "checkpoint_record", {})
+        params = sum(p.numel() for p in model.parameters())
+    meta = {"threads": torch.get_num_threads(), "params": params, "records": records}
+    return make_results(name, points, description, meta)
+
+
+@dataclass
+class RDAnalysis:
+    files: list[Path]  # every results file, learned codecs first
+    names: dict[str, str]  # role -> curve name ("teacher", "feds", "scratch", ablations, "JPEG" ...)
+    summary: pd.DataFrame
+    params_speed: pd.DataFrame
+    bootstrap: int = 1000
+    _bd: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    def comparisons(self) -> list[tuple[str, str]]:
+        """(anchor, test) curve names: student vs teacher, FEDS vs scratch, ablations vs FEDS, all vs JPEG."""
+        n = self.names
+        pairs = []
+        if "feds" in n and "teacher" in n:
+            pairs.append((n["teacher"], n["feds"]))
+        if "feds" in n and "scratch" in n:
+            pairs.append((n["scratch"], n["feds"]))
+        for role, name in n.items():
+            if role not in ("teacher", "feds", "scratch") and not role.startswith("anchor:") and "feds" in n:
+                pairs.append((n["feds"], name))
+        if "anchor:jpeg" in n:
+            for role, name in n.items():
+                if not role.startswith("anchor:"):
+                    pairs.append((n["anchor:jpeg"], name))
+        return pairs
+
+    def bd_table_for(self, metric: str = "psnr") -> pd.DataFrame:
+        if metric not in self._bd:
+            by_name = {load_results(f)["name"]: f for f in self.files}
+            rows = []
+            for anchor, test in self.comparisons():
+                rows += bd_table(by_name[anchor], [by_name[test]], metric=metric, bootstrap=self.bootstrap, strict=False)
+            df = pd.DataFrame(rows)
+            if "note" not in df.columns:
+                df["note"] = ""
+            self._bd[metric] = df.fillna({"note": ""})
+        return self._bd[metric]
+
+    @property
+    def bd_table(self) -> pd.DataFrame:
+        return self.bd_table_for("psnr")
+
+
+def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, float], Path], images: Sequence,
+                bootstrap: int = 1000) -> RDAnalysis:
+    """Evaluate a pipeline run's checkpoints and the anchors on ``images``; write results files."""
+    out = cfg.layout.results
+    out.mkdir(parents=True, exist_ok=True)
+    budget = f"{cfg.preset} preset, teacher {cfg.teacher_steps} / student {cfg.student_steps} steps"
+    files, names, speed = [], {}, []
+
+    def add(role: str, res: dict[str, Any], fname: str) -> None:
+        files.append(save_results(res, out / fname))
+        names[role] = res["name"]
+        r = res["results"]
+        speed.append({"model": res["name"], "params (M)": res.get("meta", {}).get("params", np.nan) / 1e6,
+                      "encode (ms)": 1e3 * float(np.mean(r["encoding_time"])),
+                      "decode (ms)": 1e3 * float(np.mean(r["decoding_time"]))})
+
+    add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget}"), "teacher.json")
+    for variant in dict.fromkeys(v for v, _ in students):
+        ckpts = {l: p for (v, l), p in students.items() if v == variant}
+        label = f"student {variant} ({cfg.student_family})"
+        add(variant, evaluate_curve(label, ckpts, images, f"student variant {variant!r}, {budget}"),
+            f"student_{variant}.json")
+    if cfg.anchors:
+        for key, res in run_anchors(images, codecs=cfg.anchors, out_dir=out / "anchors", progress=False).items():
+            files.append(out / "anchors" / f"{key}.json")
+            names[f"anchor:{key}"] = res["name"]
+
+    rows = []
+    for f in files:
+        res = load_results(f)
+        for i, bpp in enumerate(res["results"]["bpp"]):
+            rows.append({"model": res["name"], "point": i, "bpp": bpp,
+                         "bpp (likelihood)": res["results"].get("bpp-estimate", [np.nan] * (i + 1))[i],
+                         "PSNR (dB)": res["results"]["psnr-rgb"][i],
+                         "MS-SSIM (dB)": res["results"].get("ms-ssim-rgb-db", [np.nan] * (i + 1))[i]})
+    ps = pd.DataFrame(speed)
+    if len(ps):
+        ref = ps.iloc[0]
+        ps["params ratio"] = ps["params (M)"] / ref["params (M)"]
+        ps["enc+dec ratio"] = (ps["encode (ms)"] + ps["decode (ms)"]) / (ref["encode (ms)"] + ref["decode (ms)"])
+        ps["threads"] = torch.get_num_threads()
+    return RDAnalysis(files=files, names=names, summary=pd.DataFrame(rows), params_speed=ps, bootstrap=bootstrap)
