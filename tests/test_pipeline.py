@@ -1,0 +1,81 @@
+"""Issue 5: the four notebooks run headless, in order, as one pipeline, and write what they claim."""
+
+import json
+import shutil
+
+import pytest
+
+from feds_lab.errors import FedsLabError
+from feds_lab.pipeline import KEY_FIGURES, NOTEBOOKS, PipelineConfig, PipelineError, run_pipeline
+
+LAMBDAS = [0.0035, 0.0067, 0.013, 0.025]
+
+
+def tiny(tmp_path, **kw):
+    values = dict(name="t", runs_dir=str(tmp_path / "runs"), lambdas=LAMBDAS, teacher_steps=6, student_steps=6,
+                  anchors=["jpeg"], entropy_images=2, figures_dir=str(tmp_path / "figures"),
+                  train={"batch_size": 2, "val_every": 0, "progress": False})
+    values.update(kw)
+    return PipelineConfig().updated(values)
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    logs: list[str] = []
+    cfg = tiny(tmp)
+    run_dir = run_pipeline(cfg, log=logs.append)
+    return cfg, run_dir, logs
+
+
+def test_pipeline_writes_everything(pipeline_run):
+    cfg, run, logs = pipeline_run
+    for name in NOTEBOOKS:
+        nb = json.loads((run / "notebooks" / f"{name}.ipynb").read_text())
+        assert nb["metadata"]["papermill"]["exception"] is None
+        # the executed copy ran with the pipeline's parameters
+        injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+        assert injected and "teacher_steps = 6" in "".join(injected[0]["source"])
+    for lmbda in LAMBDAS:
+        assert (run / "teacher" / f"l{lmbda:g}" / "model.safetensors").is_file()
+        for variant in ("feds", "scratch"):
+            assert (run / "student" / variant / f"l{lmbda:g}" / "model.safetensors").is_file()
+    results = {p.name for p in (run / "results").glob("*.json")}
+    assert {"teacher.json", "student_feds.json", "student_scratch.json"} <= results
+    teacher = json.loads((run / "results" / "teacher.json").read_text())
+    assert len(teacher["results"]["bpp"]) == 4 and teacher["meta"]["records"]["0.0035"]["budget"]["steps"] == 6
+    bd = (run / "results" / "bd_rate.csv").read_text().splitlines()
+    assert bd[0].startswith("anchor,test") and len(bd) == 1 + 5  # student-teacher, feds-scratch, 3 x JPEG
+    state = json.loads((run / "state.json").read_text())
+    assert list(state) == list(NOTEBOOKS)
+    for fig in ("teacher_training_curves.png", "channel_entropy_heatmap.png", "distillation_curves.png", "rd_psnr.png"):
+        assert (run / "figures" / fig).stat().st_size > 10_000
+        assert (cfg.figures_dir and (run.parent.parent / "figures" / fig).is_file())
+    assert set(p.name for p in (run.parent.parent / "figures").iterdir()) <= set(KEY_FIGURES)
+    assert (run / "report" / "index.html").is_file()
+    assert any("finished in" in line for line in logs)
+
+
+def test_resume_skips_completed_notebooks(pipeline_run):
+    cfg, run, _ = pipeline_run
+    logs: list[str] = []
+    run_pipeline(cfg, resume=True, log=logs.append)
+    assert sum("skipped (--resume)" in line for line in logs) == len(NOTEBOOKS)
+
+
+def test_failure_names_the_notebook_and_the_error(pipeline_run, tmp_path):
+    _, run, _ = pipeline_run
+    shutil.copytree(run / "teacher", tmp_path / "runs" / "t" / "teacher")  # so only notebook 03's error remains
+    cfg = tiny(tmp_path, notebooks=["03_distillation"], variants={"feds": {"no_such_field": 1}})
+    with pytest.raises(PipelineError, match=r"notebook 03_distillation failed in cell \[\d+\]: ConfigError: "
+                                            r"unknown config field 'no_such_field'"):
+        run_pipeline(cfg)
+    state = json.loads((tmp_path / "runs" / "t" / "state.json").read_text())
+    assert "03_distillation" not in state
+
+
+def test_bad_parameters_are_refused(tmp_path):
+    with pytest.raises(FedsLabError, match="unknown pipeline parameter"):
+        PipelineConfig().updated({"lambda": 1})
+    with pytest.raises(FedsLabError, match="unknown preset"):
+        tiny(tmp_path, preset="huge").resolved()
