@@ -19,6 +19,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
+	@bash tools/ensure_chromium.sh
 	$(PY) -m pytest -q
 
 pipeline: $(STAMP)

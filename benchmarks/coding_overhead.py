@@ -32,10 +32,8 @@ TARGET_PERCENT = 1.0
 
 def photos(height: int = HEIGHT, width: int = WIDTH) -> list[tuple[str, torch.Tensor]]:
     """The built-in photographs as (name, (1, 3, height, width)): resized to cover, centre-cropped."""
-    try:
-        from feds_lab.data import builtin_images
-    except ImportError:  # before feds_lab.data existed
-        from feds_lab.evaluation.evaluate import _default_eval_images as builtin_images
+    from feds_lab.data import builtin_images
+
     out = []
     for name, x in builtin_images():
         x = x.unsqueeze(0) if x.dim() == 3 else x

@@ -110,23 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _mount(sub) -> None:
-    # TEMPORARY while the parts land: mounted when importable
-    try:
-        from .training.cli import add_train_parser
-        add_train_parser(sub)
-    except ImportError:
-        pass
-    try:
-        from .evaluation.cli import add_anchors_parser, add_bdrate_parser, add_eval_parser
-        add_eval_parser(sub)
-        add_anchors_parser(sub)
-        add_bdrate_parser(sub)
-    except ImportError:
-        pass
-    try:
-        from .pipeline import add_lab_parser, add_pipeline_parser
-    except ImportError:
-        return
+    """Each part of the package defines its own subcommands."""
+    from .evaluation.cli import add_anchors_parser, add_bdrate_parser, add_eval_parser
+    from .pipeline import add_lab_parser, add_pipeline_parser
+    from .training.cli import add_train_parser
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
+    add_anchors_parser(sub)
+    add_bdrate_parser(sub)
     add_pipeline_parser(sub)
     add_lab_parser(sub)
 

@@ -11,18 +11,17 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .bitstream import Bitstream, shape_from_json
 from .checkpoint import fingerprint
-from .errors import BitstreamError, ImageReadError
+from .errors import BitstreamError
 from .models.entropy import PAD_MULTIPLE
 
 
@@ -31,45 +30,13 @@ from .models.entropy import PAD_MULTIPLE
 def load_image(path: str | os.PathLike, notes: list[str] | None = None) -> torch.Tensor:
     """Read any image Pillow reads as a (1, 3, H, W) float tensor in [0, 1].
 
-    Grayscale, palette, CMYK, alpha and 16-bit images are converted to 8-bit RGB; each conversion
-    is appended to ``notes`` (when given) so that callers can tell the user.
+    Grayscale, palette, CMYK, alpha and 16-bit images are converted to 8-bit RGB by the one reader
+    the data sets use too (:func:`feds_lab.data.read_image`); each conversion is appended to
+    ``notes`` (when given) so that callers can tell the user.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = ImageOps.exif_transpose(im)
-                im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: cannot read this image ({e})") from None
-    return pil_to_tensor(im, notes, name=str(path))
+    from .data import read_image, to_float
 
-
-def pil_to_tensor(im: Image.Image, notes: list[str] | None = None, name: str = "image") -> torch.Tensor:
-    notes = notes if notes is not None else []
-    if im.width < 1 or im.height < 1:
-        raise ImageReadError(f"{name}: empty image")
-    mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(im, dtype=np.float64)
-        peak = 65535.0 if mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(np.round(a / peak * 255.0), 0, 255).astype(np.uint8)
-        im = Image.fromarray(a, "L")
-        notes.append(f"{name}: {mode} ({'16' if peak > 255 else '32'}-bit) image reduced to 8 bits and converted to RGB")
-    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
-        notes.append(f"{name}: {mode} image with transparency; alpha composited on white, converted to RGB")
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, rgba)
-    elif mode != "RGB":
-        notes.append(f"{name}: {mode} image converted to RGB")
-    im = im.convert("RGB")
-    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
-    return x.unsqueeze(0)
+    return to_float(read_image(path, notes)).unsqueeze(0)
 
 
 def tensor_to_pil(x: torch.Tensor) -> Image.Image:

@@ -16,13 +16,14 @@ every tensor handed out is float in [0, 1]. Nothing here downloads anything.
 from __future__ import annotations
 
 import functools
+import warnings
 import importlib.resources
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .errors import FedsLabError, ImageReadError
@@ -59,31 +60,48 @@ class DataError(FedsLabError, ValueError):
 
 
 # --- reading one image --------------------------------------------------------------------------
-def to_rgb_uint8(im: Image.Image) -> np.ndarray:
-    """Any Pillow image -> (H, W, 3) uint8 RGB.
+def to_rgb_uint8(im: Image.Image, notes: list[str] | None = None, name: str = "image") -> np.ndarray:
+    """Any Pillow image -> (H, W, 3) uint8 RGB; each conversion is appended to ``notes``.
 
     16-bit grayscale (``I;16*``, and ``I``, read as 16-bit) is scaled by 255/65535, not clipped as
     Pillow's ``convert`` would; float images (``F``) are taken to be in [0, 1]. Alpha is dropped
-    (the colour under transparent pixels is kept), palettes are expanded, grayscale is repeated
-    over the three channels. Pillow itself reads 16-bit RGB(A) PNGs as 8-bit.
+    (the colour under transparent pixels is kept: it is what an RGB codec codes), palettes are
+    expanded, grayscale is repeated over the three channels. Pillow itself reads 16-bit RGB(A) PNGs
+    as 8-bit.
     """
-    if im.mode.startswith("I;16") or im.mode == "I":
+    mode = im.mode
+    if mode != "RGB" and notes is not None:
+        what = {"I;16": "16-bit grayscale, scaled to 8 bits", "I": "32-bit integer grayscale, read as 16-bit",
+                "F": "float grayscale, read as [0, 1]"}.get(mode.split("B")[0].split("L")[0] if mode.startswith("I;16") else mode)
+        if what is None:
+            what = "alpha dropped" if "A" in mode or "transparency" in im.info else "converted"
+        notes.append(f"{name}: {mode} image converted to 8-bit RGB ({what})")
+    if mode.startswith("I;16") or mode == "I":
         gray = np.round(np.clip(np.asarray(im, dtype=np.float64), 0, 65535) / 257.0)
-    elif im.mode == "F":
+    elif mode == "F":
         gray = np.round(np.clip(np.asarray(im, dtype=np.float64), 0, 1) * 255.0)
     else:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
     return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
 
 
-def read_image(path: str | Path) -> torch.Tensor:
-    """Decode an image file to a (3, H, W) uint8 RGB tensor; any failure names the file."""
+def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor:
+    """Decode an image file to a (3, H, W) uint8 RGB tensor; any failure names the file.
+
+    EXIF orientation is applied; conversions (see :func:`to_rgb_uint8`) are appended to ``notes``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = to_rgb_uint8(im)
-    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageReadError(f"cannot decode image {path}: {e}") from e
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                arr = to_rgb_uint8(im, notes, name=str(path))
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, bomb warnings ...
+        raise ImageReadError(f"{path}: cannot read this image ({e})") from None
     return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # a writable copy
 
 

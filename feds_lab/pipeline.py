@@ -70,6 +70,9 @@ class PipelineConfig:
     variants: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"feds": {}, "scratch": {"baseline": "scratch"}}
     )  #: student variants: name -> TrainConfig overrides (ablations go here)
+    #: warm-start each lambda's run from the previous (smaller) lambda's model of the same kind, as
+    #: METHOD.md suggests for short budgets: every model then says so in its record (warm_start)
+    warm_start_ladder: bool = True
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
     figures_dir: str | None = "figures"  #: where key figures are copied; None = nowhere
@@ -92,7 +95,7 @@ class PipelineConfig:
             raise FedsLabError(f"unknown preset {self.preset!r}; known: {list(PRESET_NAMES)}")
         budget = train_preset(self.preset)
         new = dataclasses.replace(self)
-        new.lambdas = [float(v) for v in (self.lambdas or budget["lambdas"])]
+        new.lambdas = sorted(float(v) for v in (self.lambdas or budget["lambdas"]))
         new.teacher_steps = int(self.teacher_steps or budget["steps"])
         new.student_steps = int(self.student_steps or budget["steps"])
         new.student_family = self.student_family or self.family
@@ -114,6 +117,12 @@ class PipelineConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+    def budget_label(self, role: str = "teacher") -> str:
+        """How much training a result had, for figure titles: every result names its budget."""
+        steps = self.teacher_steps if role == "teacher" else self.student_steps
+        ladder = ", each λ warm-started from the previous" if self.warm_start_ladder else ""
+        return f"{self.preset} preset, {steps} steps per λ{ladder}"
 
     @property
     def layout(self) -> RunLayout:
@@ -142,6 +151,10 @@ class PipelineConfig:
                       "teacher": None if scratch else str(self.layout.teacher(lmbda) / "model.safetensors")}
             values.update(self.train)
             values.update(overrides)
+        previous = [l for l in self.lambdas if l < lmbda]
+        if self.warm_start_ladder and previous and "warm_start" not in values:
+            prev = self.layout.teacher(previous[-1]) if role == "teacher" else self.layout.student(variant, previous[-1])
+            values["warm_start"] = str(prev / "model.safetensors")
         return TrainConfig().updated(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,9 +166,8 @@ class PipelineConfig:
         d.pop("notebooks")
         d.pop("name")
         d.pop("runs_dir")
+        d.pop("figures_dir")  # notebooks save into the run folder; the pipeline copies the key figures
         d["run_dir"] = str(self.run_dir.resolve())
-        if d["figures_dir"]:
-            d["figures_dir"] = None  # notebooks save into the run folder; the pipeline copies key figures
         return d
 
 

@@ -16,7 +16,6 @@ from feds_lab.evaluation.rd_analysis import bd_table
 from feds_lab.evaluation.bdrate import bd_quality, bd_rate
 from feds_lab.evaluation.evaluate import (
     ResultsError,
-    _default_eval_images,
     evaluate_checkpoints,
     evaluate_model,
     likelihood_bpp,
@@ -177,13 +176,6 @@ def test_load_results_errors(tmp_path, content, match):
         load_results(path)
 
 
-def test_default_images_are_bundled_photos():
-    images = _default_eval_images()
-    assert [n for n, _ in images] == ["astronaut", "coffee", "chelsea", "rocket", "motorcycle_left"]
-    for _, x in images:
-        assert x.shape[:2] == (1, 3) and min(x.shape[-2:]) >= 300 and 0 <= x.min() and x.max() <= 1
-
-
 # --- the CLI -------------------------------------------------------------------------------------
 
 
@@ -254,7 +246,7 @@ def test_cli_eval_and_anchors_write_results(checkpoints, images, tmp_path, capsy
              "--name", "my-student", "--quiet"])
     res = load_results(out)
     assert res["name"] == "my-student" and len(res["results"]["bpp"]) == 2
-    assert res["per_image"][0][0]["image"] == "one"
+    assert res["per_image"][0][0]["image"] == "one.png"
     run_cli(["anchors", "--data", str(folder), "--codecs", "jpeg", "-o", str(tmp_path / "anchors")])
     printed = capsys.readouterr().out
     assert "JPEG (quality)" in printed and "PSNR dB" in printed

@@ -15,14 +15,16 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from feds_lab.evaluation import anchors
 from feds_lab.evaluation.anchors import CODECS, CodecError, code_image, evaluate_codec, get_codec, run_anchors
-from feds_lab.evaluation.evaluate import _default_eval_images, load_results
+from feds_lab.data import builtin_images
+from feds_lab.evaluation.evaluate import load_results
 from feds_lab.evaluation.metrics import MS_SSIM_MIN_SIDE, image_quality, ms_ssim, ms_ssim_db, psnr, quantize_8bit
 
 
 @pytest.fixture(scope="module")
 def photo():
     """A 192x192 crop of scikit-image's astronaut: the smallest square MS-SSIM takes, rounded up."""
-    name, x = _default_eval_images()[0]
+    name, x = builtin_images()[0]
+    x = x.unsqueeze(0) if x.dim() == 3 else x
     return x[..., 100:292, 160:352].contiguous()
 
 

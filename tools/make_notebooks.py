@@ -17,6 +17,7 @@ seed = 0
 device = "auto"            # auto | cpu | cuda
 train = {}                 # TrainConfig overrides for every run, e.g. {"crop": 128, "lr": 1e-3}
 variants = {"feds": {}, "scratch": {"baseline": "scratch"}}  # student variants; ablations go here
+warm_start_ladder = True  # each lambda starts from the previous lambda model (METHOD.md, short budgets)
 anchors = ["jpeg", "webp", "avif", "jpeg2000"]
 entropy_images = 8
 run_dir = "../runs/notebooks"   # where checkpoints, metrics, results and figures go'''
@@ -26,11 +27,12 @@ SETUP = '''from feds_lab.pipeline import PipelineConfig
 cfg = PipelineConfig.from_parameters(
     run_dir=run_dir, preset=preset, family=family, student_family=student_family, lambdas=lambdas,
     teacher_steps=teacher_steps, student_steps=student_steps, data=data, eval_data=eval_data,
-    eval_split=eval_split, seed=seed, device=device, train=train, variants=variants, anchors=anchors,
-    entropy_images=entropy_images)
+    eval_split=eval_split, seed=seed, device=device, train=train, variants=variants,
+    warm_start_ladder=warm_start_ladder, anchors=anchors, entropy_images=entropy_images)
 layout = cfg.layout
 print(f"run folder: {layout.root}\\npreset {cfg.preset}, lambdas {cfg.lambdas}, "
-      f"teacher steps {cfg.teacher_steps}, student steps {cfg.student_steps}")'''
+      f"teacher steps {cfg.teacher_steps}, student steps {cfg.student_steps}"
+      + (", each lambda warm-started from the previous one" if cfg.warm_start_ladder else ""))'''
 
 BUDGET_NOTE = '''> **About budgets.** The `tiny` preset (the built-in default) trains for a few hundred steps on two CPU
 > cores: it shows the machinery, not the method's merit. Learned codecs train for hundreds of thousands
@@ -97,7 +99,7 @@ held-out images with **real bitstreams**: bpp from the bytes the rANS coder wrot
 ("code", '''from feds_lab import plots
 
 fig = plots.training_curves({f"λ={l:g}": layout.teacher(l) for l in cfg.lambdas},
-                            title=f"Teacher training ({cfg.preset} preset, {cfg.teacher_steps} steps)")
+                            title=f"Teacher training ({cfg.budget_label('teacher')})")
 plots.save_figure(fig, layout.figure("teacher_training_curves.png"))
 fig'''),
 ("code", '''import pandas as pd
@@ -155,7 +157,7 @@ from feds_lab.analysis import entropy_matrix, latent_view
 
 views = [latent_view(teacher, name, x) for name, x in images]
 H = entropy_matrix(views)                                  # (M, images), bits per element
-fig = plots.entropy_heatmap(H, [v.name for v in views], title=f"Teacher channel entropy (λ={lmbda:g}, {budget.get('steps')} steps)")
+fig = plots.entropy_heatmap(H, [v.name for v in views], title=f"Teacher channel entropy (λ={lmbda:g}; {cfg.budget_label('teacher')})")
 plots.save_figure(fig, layout.figure("channel_entropy_heatmap.png"))
 fig'''),
 ("code", '''fig = plots.sorted_entropy(H.mean(1), title="Channels sorted by mean entropy")
@@ -237,7 +239,7 @@ stages 1-2, so compare the **rate-distortion** term $\\mathcal{L}_{RD}$ (solid) 
 ("code", '''from feds_lab import plots
 
 fig = plots.stage_curves({f"{v} λ={l:g}": layout.student(v, l) for v in cfg.variants for l in cfg.lambdas},
-                         title=f"Student training by stage ({cfg.preset} preset, {cfg.student_steps} steps)")
+                         title=f"Student training by stage ({cfg.budget_label('student')})")
 plots.save_figure(fig, layout.figure("distillation_curves.png"))
 fig'''),
 ("md", '''## Feature-alignment error by tap
@@ -295,7 +297,7 @@ results.summary'''),
 
 for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
     fig = plots.rd_curves(results.files, metric=metric,
-                          title=f"{metric.upper()} vs rate on {len(images)} images ({cfg.preset} preset; teacher {cfg.teacher_steps} / student {cfg.student_steps} steps)")
+                          title=f"{metric.upper()} vs rate, {len(images)} held-out images\n({cfg.budget_label('teacher')})")
     plots.save_figure(fig, layout.figure(fname))
     display(fig)'''),
 ("md", '''## BD-rate table

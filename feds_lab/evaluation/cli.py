@@ -42,14 +42,14 @@ def _user_errors(command: str) -> Callable:
 
 
 def _images(data: str | None):
-    from .evaluate import _default_eval_images, load_folder_images
+    from ..data import BUILTIN_VAL, eval_images
+    from .evaluate import load_folder_images
 
     if data:
         return load_folder_images(data)
-    print("note: no --data folder: using scikit-image's bundled photos (astronaut, coffee, chelsea, rocket, "
-          "motorcycle_left). Some of them are in the built-in training split: for a held-out result name a "
-          "folder such as Kodak.", file=sys.stderr)
-    return _default_eval_images()
+    print(f"note: no --data folder: using the built-in held-out photographs ({', '.join(BUILTIN_VAL)}); "
+          "name a folder such as Kodak for a real evaluation", file=sys.stderr)
+    return eval_images(None, "val")
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

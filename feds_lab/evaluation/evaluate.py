@@ -27,7 +27,6 @@ value, except ``ms-ssim-rgb-db`` = dB of the mean MS-SSIM (what CompressAI's plo
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import time
 from pathlib import Path
@@ -55,7 +54,6 @@ class ResultsError(FedsLabError, ValueError):
 METRIC_KEYS = {"psnr": "psnr-rgb", "ms-ssim": "ms-ssim-rgb"}
 #: Axis label and unit of each metric as BD-rate and plots use it (MS-SSIM in dB).
 METRIC_LABELS = {"psnr": "PSNR (dB)", "ms-ssim": "MS-SSIM (dB)"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 
 
 def ms_ssim_db_array(ms: np.ndarray) -> np.ndarray:
@@ -198,32 +196,13 @@ def paired_per_image(
 
 # --- images ------------------------------------------------------------------------------------------
 
-#: Colour photographs bundled inside scikit-image's package (read as files: no fetcher, no network).
-_SKIMAGE_PHOTOS = {"astronaut": "astronaut.png", "coffee": "coffee.png", "chelsea": "chelsea.png",
-                   "rocket": "rocket.jpg", "motorcycle_left": "motorcycle_left.png"}
-
-
-def _default_eval_images() -> list[Image]:
-    """The evaluation images when no folder is named: five of scikit-image's bundled colour photos
-    (300x451 to 500x741 px), as [(name, (1, 3, H, W) float in [0, 1])].
-
-    astronaut, chelsea and motorcycle_left are also in ``feds_lab.data``'s built-in *training*
-    split, so a model trained on the built-in set is not measured on held-out images here (the CLI
-    says so); ``feds_lab.data.eval_images(None, "val")`` holds out only coffee and rocket.
-    """
-    folder = importlib.resources.files("skimage.data")
-    return [(name, coding.load_image(Path(str(folder / file)))) for name, file in _SKIMAGE_PHOTOS.items()]
-
-
 def load_folder_images(folder: str | Path) -> list[Image]:
-    """Every image file in ``folder`` (sorted by name), read with ``feds_lab.coding.load_image``."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    """Every image under ``folder`` (sorted by name): an evaluation set such as Kodak."""
+    from ..data import eval_images
+
+    if not Path(folder).is_dir():
         raise ResultsError(f"not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ResultsError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-    return [(p.stem, coding.load_image(p)) for p in files]
+    return eval_images(folder, "all")
 
 
 # --- learned codecs ---------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
     """Evaluate a pipeline run's checkpoints and the anchors on ``images``; write results files."""
     out = cfg.layout.results
     out.mkdir(parents=True, exist_ok=True)
-    budget = f"{cfg.preset} preset, teacher {cfg.teacher_steps} / student {cfg.student_steps} steps"
+    budget = cfg.budget_label("teacher")
     files, names, speed = [], {}, []
 
     def add(role: str, res: dict[str, Any], fname: str) -> None:
