@@ -99,6 +99,11 @@ class PipelineConfig:
         new.teacher_steps = int(self.teacher_steps or budget["steps"])
         new.student_steps = int(self.student_steps or budget["steps"])
         new.student_family = self.student_family or self.family
+        for key in ("data", "eval_data"):
+            path = getattr(new, key)
+            if path not in (None, "builtin") and not Path(path).is_dir():
+                raise FedsLabError(f"{key}: no such folder {path!r} (give a folder of images, or leave it out "
+                                   "for the built-in photographs)")
         unknown = [n for n in new.notebooks if n not in NOTEBOOKS]
         if unknown:
             raise FedsLabError(f"unknown notebook(s) {unknown}; known: {list(NOTEBOOKS)}")
@@ -168,6 +173,9 @@ class PipelineConfig:
         d.pop("runs_dir")
         d.pop("figures_dir")  # notebooks save into the run folder; the pipeline copies the key figures
         d["run_dir"] = str(self.run_dir.resolve())
+        for key in ("data", "eval_data"):  # notebooks run in notebooks/: paths must not be relative
+            if d[key] and d[key] != "builtin":
+                d[key] = str(Path(d[key]).resolve())
         return d
 
 

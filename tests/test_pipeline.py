@@ -79,3 +79,16 @@ def test_bad_parameters_are_refused(tmp_path):
         PipelineConfig().updated({"lambda": 1})
     with pytest.raises(FedsLabError, match="unknown preset"):
         tiny(tmp_path, preset="huge").resolved()
+
+
+def test_missing_data_folder_is_refused_before_any_notebook(tmp_path):
+    with pytest.raises(FedsLabError, match="data: no such folder"):
+        run_pipeline(tiny(tmp_path, data=str(tmp_path / "nope")))
+    assert not (tmp_path / "runs" / "t" / "notebooks").exists()
+
+
+def test_relative_data_paths_reach_the_notebooks_absolute(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    params = tiny(tmp_path, data="photos").resolved().notebook_parameters()
+    assert params["data"] == str(tmp_path / "photos")

@@ -49,6 +49,7 @@ def nb(cells):
         c = nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
         if tags:
             c.metadata["tags"] = tags
+        c.id = f"cell-{len(out):02d}"  # stable ids: regenerating changes nothing that did not change
         out.append(c)
     n.cells = out
     return n
@@ -95,8 +96,7 @@ teachers'''),
 ("md", '''## Loss and validation curves
 
 Left: the training loss and its two terms (rate in bpp, distortion as MSE). Right: validation on
-held-out images with **real bitstreams**: bpp from the bytes the rANS coder wrote, PSNR on 8-bit RGB.'''),
-("code", '''from feds_lab import plots
+held-out images with **real bitstreams**: bpp from the bytes the rANS coder wrote, PSNR on 8-bit RGB.'''), ("code", '''from feds_lab import plots
 
 fig = plots.training_curves({f"λ={l:g}": layout.teacher(l) for l in cfg.lambdas},
                             title=f"Teacher training ({cfg.budget_label('teacher')})")
@@ -297,7 +297,7 @@ results.summary'''),
 
 for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
     fig = plots.rd_curves(results.files, metric=metric,
-                          title=f"{metric.upper()} vs rate, {len(images)} held-out images\n({cfg.budget_label('teacher')})")
+                          title=f"{metric.upper()} vs rate, {len(images)} held-out images ({cfg.budget_label('teacher')})")
     plots.save_figure(fig, layout.figure(fname))
     display(fig)'''),
 ("md", '''## BD-rate table
