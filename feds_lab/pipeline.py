@@ -305,7 +305,7 @@ def _cmd_pipeline(args) -> None:
 
 def add_pipeline_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="run the four notebooks headless, in order (the main job)")
-    p.add_argument("--config", help="pipeline YAML (e.g. configs/pipeline_tiny.yaml, configs/study.yaml)")
+    p.add_argument("--config", help="pipeline YAML (e.g. configs/pipelines/tiny.yaml, configs/pipelines/study.yaml)")
     p.add_argument("--name", help="run folder name under runs/ (default: demo)")
     p.add_argument("--preset", choices=PRESET_NAMES)
     p.add_argument("--family")

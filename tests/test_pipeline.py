@@ -1,7 +1,6 @@
 """Issue 5: the four notebooks run headless, in order, as one pipeline, and write what they claim."""
 
 import json
-import shutil
 
 import pytest
 
@@ -63,9 +62,8 @@ def test_resume_skips_completed_notebooks(pipeline_run):
     assert sum("skipped (--resume)" in line for line in logs) == len(NOTEBOOKS)
 
 
-def test_failure_names_the_notebook_and_the_error(pipeline_run, tmp_path):
-    _, run, _ = pipeline_run
-    shutil.copytree(run / "teacher", tmp_path / "runs" / "t" / "teacher")  # so only notebook 03's error remains
+def test_failure_names_the_notebook_and_the_error(tmp_path):
+    # notebook 03 trains its teachers (a few steps), then meets the bad student variant
     cfg = tiny(tmp_path, notebooks=["03_distillation"], variants={"feds": {"no_such_field": 1}})
     with pytest.raises(PipelineError, match=r"notebook 03_distillation failed in cell \[\d+\]: ConfigError: "
                                             r"unknown config field 'no_such_field'"):
@@ -92,3 +90,13 @@ def test_relative_data_paths_reach_the_notebooks_absolute(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     params = tiny(tmp_path, data="photos").resolved().notebook_parameters()
     assert params["data"] == str(tmp_path / "photos")
+
+
+def test_example_pipeline_configs_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "configs" / "pipelines").glob("*.yaml"))
+    assert {f.name for f in files} >= {"tiny.yaml", "study.yaml", "study_transformer.yaml"}
+    for f in files:
+        cfg = PipelineConfig.from_yaml(f)
+        assert len(cfg.lambdas or [0] * 4) >= 4, f

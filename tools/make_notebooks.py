@@ -143,7 +143,8 @@ from feds_lab.data import eval_images
 from feds_lab.training import train
 
 lmbda = cfg.lambdas[len(cfg.lambdas) // 2]            # the middle of the ladder
-ckpt = train(cfg.train_config("teacher", lmbda))      # returns at once when notebook 01 trained it
+for l in cfg.lambdas[: cfg.lambdas.index(lmbda) + 1]:  # a warm-started ladder needs its predecessors
+    ckpt = train(cfg.train_config("teacher", l))       # returns at once when notebook 01 trained it
 teacher = load_model(ckpt)
 budget = read_record(ckpt).get("budget", {})
 images = eval_images(cfg.data, "all")[: cfg.entropy_images]
