@@ -8,6 +8,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared two-core machine, two threads per process can run 100x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory):
     """Untrained tiny teacher and student, updated and saved: enough to test coding paths."""

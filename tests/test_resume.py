@@ -22,16 +22,9 @@ from feds_lab.training import MODEL_FILE, STATE_FILE, TrainConfig, TrainingInter
 from feds_lab.training import trainer as trainer_module
 from feds_lab.training.state import load_state
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared two-core machine, two threads per process can run 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # 10 steps: stage 1 = steps 1-3, stage 2 = 4-8, stage 3 = 9-10; checkpoints every 2 steps
 ARGS = ["--steps", "10", "--batch-size", "2", "--crop", "64", "--set", "ckpt_every=2", "--set", "val_every=0",

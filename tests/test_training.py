@@ -26,14 +26,9 @@ from feds_lab.training import trainer as trainer_module
 from feds_lab.training.cli import add_train_parser, config_from_args
 from feds_lab.training.state import load_state
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared two-core machine, two threads per process can run 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = dict(steps=6, batch_size=2, crop=64, val_every=0, ckpt_every=0, progress=False)
 
