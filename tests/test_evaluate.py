@@ -296,3 +296,57 @@ def test_plots(tmp_path):
     assert s["params ratio"] < 1 and s["enc+dec ratio"] == pytest.approx(0.03 / 0.4)
     path = plots.save_figure(fig, tmp_path / "figs" / "rd.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bd_table_says_over_which_range_it_compares(tmp_path, capsys):
+    anchor = save_results(fake_results("anchor", 1.0), tmp_path / "a.json")
+    same_range = save_results(fake_results("same range", 1.2), tmp_path / "b.json")
+    sliver = save_results(fake_results("sliver", 1.0, psnr0=40.0), tmp_path / "c.json")
+    full, part = bd_table(anchor, [same_range, sliver])
+    assert full["coverage"] == pytest.approx(1.0) and full["note"] == ""
+    qa, qs = rd_curve(load_results(anchor))[1], rd_curve(load_results(sliver))[1]
+    assert (part["overlap_low"], part["overlap_high"]) == pytest.approx((qs.min(), qa.max()))
+    assert part["coverage"] == pytest.approx((qa.max() - qs.min()) / (qs.max() - qs.min()))
+    assert part["coverage"] < 0.5 and "of the test curve's quality range only" in part["note"]
+
+    run_cli(["bdrate", str(anchor), str(same_range), str(sliver)])
+    out = capsys.readouterr().out
+    assert "overlap" in out and "note: sliver against anchor: over" in out and "note: same range" not in out
+
+
+def test_bd_table_cautions_when_resamples_drop_out(tmp_path):
+    anchor = fake_results("anchor", 1.0, n_images=4)
+    test = fake_results("test", 1.1, n_images=4)
+    # one image whose quality falls as its rate rises: the mean curve still rises, but resamples
+    # that draw it twice or more do not (about a quarter of them), and have no BD figure
+    for rows in test["per_image"]:
+        rows[3]["psnr-rgb"] = 60.0 - 10 * math.log2(rows[3]["bpp"] / 0.15)
+    test = make_results("test", [{"rows": rows, "setting": s} for rows, s in zip(test["per_image"], test["settings"])])
+    files = save_results(anchor, tmp_path / "a.json"), save_results(test, tmp_path / "t.json")
+    row, = bd_table(files[0], [files[1]], bootstrap=200)
+    assert 0.1 * 200 < row["failed"] < 0.5 * 200
+    assert f"interval from {200 - row['failed']} of 200 resamples" in row["note"]
+    row, = bd_table(files[0], [save_results(fake_results("test", 1.1, n_images=4), tmp_path / "u.json")], bootstrap=200)
+    assert row["failed"] == 0 and row["note"] == ""
+
+
+def test_rd_curves_zoom_on_learned_codecs_when_anchors_reach_far(tmp_path):
+    from feds_lab import plots
+
+    learned = fake_results("student", 1.0)
+    jpeg = fake_results("JPEG", 1.0)
+    for p in jpeg["per_image"]:  # a sweep reaching ten times further in rate
+        for r in p:
+            r["bpp"] *= 10
+    jpeg = make_results("JPEG", [{"rows": rows, "setting": s} for rows, s in zip(jpeg["per_image"], jpeg["settings"])])
+    top = max(learned["results"]["bpp"])
+    ax = plots.rd_curves([learned, jpeg]).axes[0]
+    assert ax.get_xlim() == pytest.approx((0.0, 1.5 * top)) and "anchors go on" in ax.get_xlabel()
+    low, high = ax.get_ylim()  # the y range fits what is inside the window, learned curve included
+    assert low <= min(learned["results"]["psnr-rgb"]) and high >= max(learned["results"]["psnr-rgb"])
+    full = plots.rd_curves([learned, jpeg], xlim=None).axes[0]
+    assert full.get_xlim()[1] > max(jpeg["results"]["bpp"]) and full.get_xlabel() == "bpp (bits per pixel)"
+    near = plots.rd_curves([learned, fake_results("JPEG", 1.3)]).axes[0]  # anchors in the same range: no zoom
+    assert near.get_xlim()[1] > 1.3 * top and "anchors" not in near.get_xlabel()
+    with pytest.raises(ValueError, match="xlim"):
+        plots.rd_curves([learned], xlim="wide")

@@ -189,10 +189,14 @@ def _cmd_bdrate(args) -> None:
         raise ValueError("--bootstrap must be >= 0")
     rows = bd_table(args.anchor, args.tests, args.metric, args.method, args.bootstrap, args.confidence, args.seed)
     quality = "BD-PSNR dB" if args.metric == "psnr" else "BD-MS-SSIM dB"
-    columns = [("test", "test", 0), ("anchor", "anchor", 0), ("bd_rate", "BD-rate %", 2), ("bd_quality", quality, 3)]
+    columns = [("test", "test", 0), ("anchor", "anchor", 0), ("bd_rate", "BD-rate %", 2), ("bd_quality", quality, 3),
+               ("coverage", "overlap", 2)]
     if args.bootstrap:
         pct = f"{args.confidence * 100:g}%"
         columns += [("ci_low", f"{pct} CI low %", 2), ("ci_high", f"{pct} CI high %", 2),
                     ("resamples", "resamples", 0), ("failed", "failed", 0)]
     print(f"{args.metric} / {args.method}; negative BD-rate = the test needs fewer bits than the anchor")
     print(format_table(rows, columns))
+    for row in rows:  # cautions: a sliver of overlap, or an interval many resamples dropped out of
+        if row.get("note"):
+            print(f"note: {row['test']} against {row['anchor']}: {row['note']}")

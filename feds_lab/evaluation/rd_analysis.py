@@ -2,8 +2,9 @@
 
 ``analyse_run`` codes the evaluation images with every teacher and student checkpoint (real
 bitstreams) and with the classical anchors, writes CompressAI-format results files, and builds
-the comparisons a reader needs: student against teacher, FEDS against the scratch baseline, each
-ablation against FEDS, and each learned codec against JPEG, with bootstrap intervals over images.
+the comparisons a reader needs: student against teacher, the scratch baseline against the teacher
+(is the teacher worth distilling from?), FEDS against the scratch baseline, each ablation against
+FEDS, and each learned codec against JPEG, with bootstrap intervals over images.
 """
 
 from __future__ import annotations
@@ -29,10 +30,22 @@ from .evaluate import (
 )
 
 
+#: a BD figure computed over less than this share of the test curve's quality range, or an interval
+#: from which more than this share of resamples dropped out, gets a caution in its row's ``note``
+COVERAGE_CAUTION = 0.5
+FAILED_CAUTION = 0.05
+
+
 def bd_table(anchor, tests, metric="psnr", method="pchip", bootstrap=0, confidence=0.95, seed=0,
              strict: bool = True) -> list[dict[str, Any]]:
     """One row per test curve: BD-rate (%), BD-quality (dB), and with ``bootstrap`` its interval.
 
+    Each row also says over which quality range the BD-rate was taken (``overlap_low``/``overlap_high``,
+    dB) and which share of the test curve's quality range that is (``coverage``): BD figures average
+    over the overlap only, so two curves that barely overlap give a number about a sliver of either.
+    ``note`` cautions when the coverage is below :data:`COVERAGE_CAUTION` or when more than
+    :data:`FAILED_CAUTION` of the bootstrap resamples had no BD figure (their mean curves were not
+    monotonic or did not overlap; the interval is over the rest, which biases it).
     With ``strict=False`` a pair that has no BD figure (too few points, no overlap, non-monotonic)
     gets a row whose ``note`` says why, instead of raising.
     """
@@ -45,12 +58,22 @@ def bd_table(anchor, tests, metric="psnr", method="pchip", bootstrap=0, confiden
         row: dict[str, Any] = {"anchor": anchor["name"], "test": test["name"], "metric": metric, "method": method}
         try:
             row.update(bd_rate=bd_rate(*a_curve, *t_curve, method), bd_quality=bd_quality(*a_curve, *t_curve, method))
+            lo, hi = max(min(a_curve[1]), min(t_curve[1])), min(max(a_curve[1]), max(t_curve[1]))
+            row.update(overlap_low=lo, overlap_high=hi, coverage=(hi - lo) / (max(t_curve[1]) - min(t_curve[1])))
+            cautions = []
+            if row["coverage"] < COVERAGE_CAUTION:
+                cautions.append(f"over {row['coverage']:.0%} of the test curve's quality range only "
+                                f"({lo:.2f}-{hi:.2f} dB)")
             if bootstrap:
                 _, ra, qa, rt, qt = paired_per_image(anchor, test, metric)
                 result = bootstrap_bd(ra, qa, rt, qt, method=method, quality_transform=_quality_transform(metric),
                                       n_resamples=bootstrap, confidence=confidence, seed=seed)
                 row.update({"ci_low": result.low, "ci_high": result.high, "resamples": result.n_resamples,
                             "failed": result.n_failed, "confidence": confidence})
+                if result.n_failed > FAILED_CAUTION * result.n_resamples:
+                    cautions.append(f"interval from {result.n_resamples - result.n_failed} of {result.n_resamples} "
+                                    "resamples (the others had no BD figure)")
+            row["note"] = "; ".join(cautions)
         except BDRateError as err:  # say which pair of curves
             if strict:
                 raise BDRateError(f"{test['name']} against {anchor['name']}: {err}") from None
@@ -84,11 +107,17 @@ class RDAnalysis:
     _bd: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def comparisons(self) -> list[tuple[str, str]]:
-        """(anchor, test) curve names: student vs teacher, FEDS vs scratch, ablations vs FEDS, all vs JPEG."""
+        """(anchor, test) curve names: student vs teacher, FEDS vs scratch, ablations vs FEDS, all vs JPEG.
+
+        Scratch vs teacher is there to test the method's premise: distillation can only pass on what
+        the teacher knows better than a student trained alone (at short budgets it may know less).
+        """
         n = self.names
         pairs = []
         if "feds" in n and "teacher" in n:
             pairs.append((n["teacher"], n["feds"]))
+        if "scratch" in n and "teacher" in n:
+            pairs.append((n["teacher"], n["scratch"]))
         if "feds" in n and "scratch" in n:
             pairs.append((n["scratch"], n["feds"]))
         for role, name in n.items():
