@@ -75,6 +75,10 @@ class PipelineConfig:
     warm_start_ladder: bool = True
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
+    #: torch threads in every notebook kernel (evaluation, analysis) and in every training run whose
+    #: ``train`` does not set its own; None = torch's default (all cores). Two runs side by side on
+    #: two cores: 1 each, or both crawl (oversubscribed threads are 10-100x slower, measured)
+    threads: int | None = None
     figures_dir: str | None = "figures"  #: where key figures are copied; None = nowhere
     notebooks: list[str] = field(default_factory=lambda: list(NOTEBOOKS))
 
@@ -104,6 +108,8 @@ class PipelineConfig:
             if path not in (None, "builtin") and not Path(path).is_dir():
                 raise FedsLabError(f"{key}: no such folder {path!r} (give a folder of images, or leave it out "
                                    "for the built-in photographs)")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise FedsLabError(f"threads must be a positive integer or None, got {self.threads!r}")
         unknown = [n for n in new.notebooks if n not in NOTEBOOKS]
         if unknown:
             raise FedsLabError(f"unknown notebook(s) {unknown}; known: {list(NOTEBOOKS)}")
@@ -114,10 +120,16 @@ class PipelineConfig:
 
     @classmethod
     def from_parameters(cls, run_dir: str, **params: Any) -> PipelineConfig:
-        """Rebuild the config inside a notebook from its ``parameters`` cell (see notebook_parameters)."""
+        """Rebuild the config inside a notebook from its ``parameters`` cell (see notebook_parameters),
+        and give this process's torch the config's ``threads``."""
         run_dir = Path(run_dir)
         params = {k: v for k, v in params.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        return cls(name=run_dir.name, runs_dir=str(run_dir.parent), **params).resolved()
+        cfg = cls(name=run_dir.name, runs_dir=str(run_dir.parent), **params).resolved()
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        return cfg
 
     @property
     def run_dir(self) -> Path:
@@ -156,6 +168,8 @@ class PipelineConfig:
                       "teacher": None if scratch else str(self.layout.teacher(lmbda) / "model.safetensors")}
             values.update(self.train)
             values.update(overrides)
+        if self.threads and values.get("threads") is None:
+            values["threads"] = self.threads
         previous = [l for l in self.lambdas if l < lmbda]
         if self.warm_start_ladder and previous and "warm_start" not in values:
             prev = self.layout.teacher(previous[-1]) if role == "teacher" else self.layout.student(variant, previous[-1])

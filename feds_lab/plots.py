@@ -36,29 +36,53 @@ def rd_curves(
     metric: str = "psnr",
     ax: Axes | None = None,
     title: str | None = None,
+    xlim: tuple[float, float] | str | None = "auto",
 ) -> Figure:
     """Rate-distortion curves, one line per results file (or dict), points sorted by bpp.
 
     metric: ``"psnr"`` (PSNR, dB) or ``"ms-ssim"`` (MS-SSIM in dB, from the mean MS-SSIM).
-    Classical codecs are dashed.
+    Classical codecs are dashed. ``xlim="auto"`` zooms on the learned codecs when the classical sweeps
+    reach more than twice as far (short-budget models live at the bottom of JPEG's range, and a full
+    axis would squash them into a corner); the axis then says that the anchors go on. ``None``: the
+    full range; a tuple: that bpp range.
     """
     fig, ax = _axes(ax)
     loaded = [load_results(r) for r in results]
     if not loaded:
         raise ValueError("rd_curves needs at least one results file")
     colors = sns.color_palette("tab10", n_colors=max(len(loaded), 1))
+    learned_max, classical_max, shown = 0.0, 0.0, []
     for i, (color, res) in enumerate(zip(colors, loaded)):
         bpp, quality = rd_curve(res, metric)
         order = np.argsort(bpp)
         name = str(res.get("name", f"curve {i + 1}"))
         dashed = any(name.startswith(c) for c in CLASSICAL)
+        if dashed:
+            classical_max = max(classical_max, float(bpp.max()))
+        else:
+            learned_max = max(learned_max, float(bpp.max()))
+        shown.append((bpp, quality))
         ax.plot(bpp[order], quality[order], marker="o", markersize=4, linewidth=1.5,
                 linestyle="--" if dashed else "-", color=color, label=name)
-    ax.set_xlabel(RATE_LABEL)
+    if isinstance(xlim, str):
+        if xlim != "auto":
+            raise ValueError(f"xlim must be 'auto', None or (low, high), got {xlim!r}")
+        xlim = (0.0, 1.5 * learned_max) if learned_max and classical_max > 2 * learned_max else None
+        if xlim:
+            ax.set_xlabel(RATE_LABEL + "; zoomed on the learned codecs, the anchors go on to "
+                          f"{classical_max:.2g} bpp")
+    if xlim:
+        inside = np.concatenate([q[(b >= xlim[0]) & (b <= xlim[1])] for b, q in shown])
+        ax.set_xlim(*xlim)
+        if inside.size:
+            pad = 0.05 * max(float(inside.max() - inside.min()), 1.0)
+            ax.set_ylim(float(inside.min()) - pad, float(inside.max()) + pad)
+    if not ax.get_xlabel():
+        ax.set_xlabel(RATE_LABEL)
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(title or f"Rate-distortion: {METRIC_LABELS[metric].split(' (')[0]} against rate")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return fig
 
 
@@ -89,13 +113,15 @@ def bd_rate_table(
     """BD figures as a DataFrame and a table figure.
 
     rows: dicts with ``test``, ``anchor``, ``bd_rate`` (%), ``bd_quality`` (dB) and optionally
-    ``ci_low``/``ci_high`` (%), ``failed``, ``metric`` (as ``feds_lab.evaluation.rd_analysis.bd_table``
-    returns them).
+    ``ci_low``/``ci_high`` (%), ``failed``, ``coverage`` (share of the test curve's quality range the
+    BD figure averages over), ``metric`` (as ``feds_lab.evaluation.rd_analysis.bd_table`` returns them).
     """
     names = {"test": "test", "anchor": "anchor", "metric": "metric", "bd_rate": "BD-rate (%)",
              "bd_quality": "BD-quality (dB)", "ci_low": "CI low (%)", "ci_high": "CI high (%)",
-             "failed": "failed resamples"}
+             "failed": "failed resamples", "coverage": "overlap (% of test)"}
     df = pd.DataFrame(list(rows))
+    if "coverage" in df.columns:
+        df["coverage"] = 100 * df["coverage"]
     df = df[[k for k in names if k in df.columns]].rename(columns=names)
     if "metric" in df.columns and df["metric"].nunique() == 1:
         metric = df.pop("metric").iloc[0]

@@ -13,7 +13,7 @@ LAMBDAS = [0.0035, 0.0067, 0.013, 0.025]
 def tiny(tmp_path, **kw):
     values = dict(name="t", runs_dir=str(tmp_path / "runs"), lambdas=LAMBDAS, teacher_steps=6, student_steps=6,
                   anchors=["jpeg"], entropy_images=2, figures_dir=str(tmp_path / "figures"),
-                  train={"batch_size": 2, "val_every": 0, "progress": False})
+                  train={"batch_size": 2, "val_every": 0, "progress": False}, threads=1)
     values.update(kw)
     return PipelineConfig().updated(values)
 
@@ -35,6 +35,9 @@ def test_pipeline_writes_everything(pipeline_run):
         # the executed copy ran with the pipeline's parameters
         injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
         assert injected and "teacher_steps = 6" in "".join(injected[0]["source"])
+        # every notebook shows its figures (not "<Figure size ...>" text): in JupyterLab and in the report
+        images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(images) >= (2 if name == "02_channel_entropy" else 1), name
     for lmbda in LAMBDAS:
         assert (run / "teacher" / f"l{lmbda:g}" / "model.safetensors").is_file()
         for variant in ("feds", "scratch"):
@@ -43,8 +46,9 @@ def test_pipeline_writes_everything(pipeline_run):
     assert {"teacher.json", "student_feds.json", "student_scratch.json"} <= results
     teacher = json.loads((run / "results" / "teacher.json").read_text())
     assert len(teacher["results"]["bpp"]) == 4 and teacher["meta"]["records"]["0.0035"]["budget"]["steps"] == 6
+    assert teacher["meta"]["threads"] == 1  # the kernel took the pipeline's threads (torch's default is 2+)
     bd = (run / "results" / "bd_rate.csv").read_text().splitlines()
-    assert bd[0].startswith("anchor,test") and len(bd) == 1 + 5  # student-teacher, feds-scratch, 3 x JPEG
+    assert bd[0].startswith("anchor,test") and len(bd) == 1 + 6  # feds-teacher, scratch-teacher, feds-scratch, 3 x JPEG
     state = json.loads((run / "state.json").read_text())
     assert list(state) == list(NOTEBOOKS)
     for fig in ("teacher_training_curves.png", "channel_entropy_heatmap.png", "distillation_curves.png", "rd_psnr.png"):
@@ -100,3 +104,15 @@ def test_example_pipeline_configs_load():
     for f in files:
         cfg = PipelineConfig.from_yaml(f)
         assert len(cfg.lambdas or [0] * 4) >= 4, f
+
+
+def test_threads_reach_training_runs_unless_train_sets_its_own(tmp_path):
+    cfg = tiny(tmp_path, threads=1).resolved()
+    assert cfg.train_config("teacher", LAMBDAS[0]).threads == 1
+    assert cfg.train_config("student", LAMBDAS[0], variant="feds").threads == 1
+    own = tiny(tmp_path, threads=1, train={"threads": 2}).resolved()
+    assert own.train_config("teacher", LAMBDAS[0]).threads == 2
+    assert tiny(tmp_path, threads=None).resolved().train_config("teacher", LAMBDAS[0]).threads is None
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(FedsLabError, match="threads must be a positive integer"):
+            tiny(tmp_path, threads=bad).resolved()

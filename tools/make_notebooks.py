@@ -20,15 +20,19 @@ variants = {"feds": {}, "scratch": {"baseline": "scratch"}}  # student variants;
 warm_start_ladder = True  # each lambda starts from the previous lambda model (METHOD.md, short budgets)
 anchors = ["jpeg", "webp", "avif", "jpeg2000"]
 entropy_images = 8
+threads = None             # torch threads here and in training runs that set none; None means all cores, 1 for side-by-side runs
 run_dir = "../runs/notebooks"   # where checkpoints, metrics, results and figures go'''
 
-SETUP = '''from feds_lab.pipeline import PipelineConfig
+SETUP = '''%matplotlib inline
+# (our figures are matplotlib Figure objects, not pyplot's: the inline backend is what shows them)
+from feds_lab.pipeline import PipelineConfig
 
 cfg = PipelineConfig.from_parameters(
     run_dir=run_dir, preset=preset, family=family, student_family=student_family, lambdas=lambdas,
     teacher_steps=teacher_steps, student_steps=student_steps, data=data, eval_data=eval_data,
     eval_split=eval_split, seed=seed, device=device, train=train, variants=variants,
-    warm_start_ladder=warm_start_ladder, anchors=anchors, entropy_images=entropy_images)
+    warm_start_ladder=warm_start_ladder, anchors=anchors, entropy_images=entropy_images,
+    threads=threads)
 layout = cfg.layout
 print(f"run folder: {layout.root}\\npreset {cfg.preset}, lambdas {cfg.lambdas}, "
       f"teacher steps {cfg.teacher_steps}, student steps {cfg.student_steps}"
@@ -305,7 +309,13 @@ for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
 
 Each row compares a *test* curve with an *anchor* curve on the same images (PSNR; negative = the test
 needs fewer bits). The interval is a 95 % bootstrap over images. Rows that cannot be computed (fewer
-than four points, no overlap, non-monotonic curves) say why instead of giving a number.'''),
+than four points, no overlap, non-monotonic curves) say why instead of giving a number.
+
+A BD figure averages over the quality range **both** curves cover, so read it with its overlap: the
+`coverage` column is the share of the test curve's range compared, and `note` cautions when that is
+under half, or when more than 5 % of the bootstrap resamples had no BD figure (the interval is then
+over the rest). Short-budget models sit below JPEG's usual quality range; a BD-rate over a sliver
+of overlap is a statement about that sliver only.'''),
 ("code", '''bd = results.bd_table
 bd.to_csv(layout.results / "bd_rate.csv", index=False)
 table, fig = plots.bd_rate_table(bd.to_dict("records"), title="BD-rate (PSNR), 95 % bootstrap interval over images")
@@ -325,6 +335,8 @@ ps.round(3)'''),
   768×512 are the paper's main benchmark.
 - **MS-SSIM BD-rates**: `results.bd_table_for("ms-ssim")`.
 - **More λ** (`lambdas`): BD-rate needs four points per curve; more points make the interpolation safer.
+- **The full rate axis**: `plots.rd_curves(results.files, xlim=None)`; by default the plot zooms on the
+  learned codecs when the anchors reach much further.
 - Compare `feds` with `scratch` at a larger budget: at the tiny budget the difference is mostly noise,
   and the bootstrap interval says so.'''),
 ])
