@@ -136,10 +136,18 @@ class PipelineConfig:
         return Path(self.runs_dir) / self.name
 
     def budget_label(self, role: str = "teacher") -> str:
-        """How much training a result had, for figure titles: every result names its budget."""
-        steps = self.teacher_steps if role == "teacher" else self.student_steps
+        """How much training a result had, for figure titles: every result names its budget.
+
+        ``role``: "teacher", "student", or "all" for figures holding both (their budgets named apart
+        when they differ)."""
+        if role not in ("teacher", "student", "all"):
+            raise FedsLabError(f"budget_label: role must be teacher, student or all, got {role!r}")
+        if role == "all" and self.teacher_steps != self.student_steps:
+            steps = f"teacher {self.teacher_steps}, students {self.student_steps} steps per λ"
+        else:
+            steps = f"{self.student_steps if role == 'student' else self.teacher_steps} steps per λ"
         ladder = ", each λ warm-started from the previous" if self.warm_start_ladder else ""
-        return f"{self.preset} preset, {steps} steps per λ{ladder}"
+        return f"{self.preset} preset, {steps}{ladder}"
 
     @property
     def layout(self) -> RunLayout:

@@ -116,3 +116,14 @@ def test_threads_reach_training_runs_unless_train_sets_its_own(tmp_path):
     for bad in (0, -1, 1.5, "2"):
         with pytest.raises(FedsLabError, match="threads must be a positive integer"):
             tiny(tmp_path, threads=bad).resolved()
+
+
+def test_budget_labels_name_teacher_and_student_budgets_apart(tmp_path):
+    same = tiny(tmp_path).resolved()
+    assert same.budget_label("all") == same.budget_label("teacher") == "tiny preset, 6 steps per λ, each λ warm-started from the previous"
+    apart = tiny(tmp_path, teacher_steps=30, warm_start_ladder=False).resolved()
+    assert apart.budget_label("teacher") == "tiny preset, 30 steps per λ"
+    assert apart.budget_label("student") == "tiny preset, 6 steps per λ"
+    assert apart.budget_label("all") == "tiny preset, teacher 30, students 6 steps per λ"
+    with pytest.raises(FedsLabError, match="role"):
+        apart.budget_label("students")

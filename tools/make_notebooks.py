@@ -302,7 +302,7 @@ results.summary'''),
 
 for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
     fig = plots.rd_curves(results.files, metric=metric,
-                          title=f"{metric.upper()} vs rate, {len(images)} held-out images ({cfg.budget_label('teacher')})")
+                          title=f"{metric.upper()} vs rate, {len(images)} held-out images ({cfg.budget_label('all')})")
     plots.save_figure(fig, layout.figure(fname))
     display(fig)'''),
 ("md", '''## BD-rate table
@@ -310,6 +310,10 @@ for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
 Each row compares a *test* curve with an *anchor* curve on the same images (PSNR; negative = the test
 needs fewer bits). The interval is a 95 % bootstrap over images. Rows that cannot be computed (fewer
 than four points, no overlap, non-monotonic curves) say why instead of giving a number.
+
+The rows: FEDS against its teacher; the scratch student against the teacher (is the teacher worth
+distilling from? at short budgets a small model can learn faster than a big one); FEDS against scratch;
+each ablation against FEDS; every learned codec against JPEG.
 
 A BD figure averages over the quality range **both** curves cover, so read it with its overlap: the
 `coverage` column is the share of the test curve's range compared, and `note` cautions when that is

@@ -151,7 +151,7 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
     """Evaluate a pipeline run's checkpoints and the anchors on ``images``; write results files."""
     out = cfg.layout.results
     out.mkdir(parents=True, exist_ok=True)
-    budget = cfg.budget_label("teacher")
+    budget = {role: cfg.budget_label(role) for role in ("teacher", "student")}
     files, names, speed = [], {}, []
 
     def add(role: str, res: dict[str, Any], fname: str) -> None:
@@ -162,11 +162,11 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
                       "encode (ms)": 1e3 * float(np.mean(r["encoding_time"])),
                       "decode (ms)": 1e3 * float(np.mean(r["decoding_time"]))})
 
-    add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget}"), "teacher.json")
+    add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget['teacher']}"), "teacher.json")
     for variant in dict.fromkeys(v for v, _ in students):
         ckpts = {l: p for (v, l), p in students.items() if v == variant}
         label = f"student {variant} ({cfg.student_family})"
-        add(variant, evaluate_curve(label, ckpts, images, f"student variant {variant!r}, {budget}"),
+        add(variant, evaluate_curve(label, ckpts, images, f"student variant {variant!r}, {budget['student']}"),
             f"student_{variant}.json")
     if cfg.anchors:
         for key, res in run_anchors(images, codecs=cfg.anchors, out_dir=out / "anchors", progress=False).items():
