@@ -64,21 +64,20 @@ def rd_curves(
         shown.append((bpp, quality))
         ax.plot(bpp[order], quality[order], marker="o", markersize=4, linewidth=1.5,
                 linestyle="--" if dashed else "-", color=color, label=name)
+    xlabel = RATE_LABEL
     if isinstance(xlim, str):
         if xlim != "auto":
             raise ValueError(f"xlim must be 'auto', None or (low, high), got {xlim!r}")
         xlim = (0.0, 1.5 * learned_max) if learned_max and classical_max > 2 * learned_max else None
         if xlim:
-            ax.set_xlabel(RATE_LABEL + "; zoomed on the learned codecs, the anchors go on to "
-                          f"{classical_max:.2g} bpp")
+            xlabel += f"; zoomed on the learned codecs, the anchors go on to {classical_max:.2g} bpp"
     if xlim:
         inside = np.concatenate([q[(b >= xlim[0]) & (b <= xlim[1])] for b, q in shown])
         ax.set_xlim(*xlim)
         if inside.size:
             pad = 0.05 * max(float(inside.max() - inside.min()), 1.0)
             ax.set_ylim(float(inside.min()) - pad, float(inside.max()) + pad)
-    if not ax.get_xlabel():
-        ax.set_xlabel(RATE_LABEL)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(title or f"Rate-distortion: {METRIC_LABELS[metric].split(' (')[0]} against rate")
     ax.grid(True, alpha=0.3)

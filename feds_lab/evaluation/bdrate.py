@@ -122,12 +122,19 @@ def bd_quality(rate_anchor, quality_anchor, rate_test, quality_test, method: str
 bd_psnr = bd_quality
 
 
+def quality_overlap(quality_anchor, quality_test) -> tuple[float, float]:
+    """(low, high) of the quality range both curves cover: what a BD-rate averages over
+    (low >= high when they do not overlap)."""
+    qa, qt = np.asarray(quality_anchor, float), np.asarray(quality_test, float)
+    return float(max(qa.min(), qt.min())), float(min(qa.max(), qt.max()))
+
+
 def overlap_fraction(quality_anchor, quality_test) -> float:
     """Length of the shared quality range over the length of the union (0: disjoint, 1: same)."""
     qa, qt = np.asarray(quality_anchor, float), np.asarray(quality_test, float)
     union = max(qa.max(), qt.max()) - min(qa.min(), qt.min())
-    shared = min(qa.max(), qt.max()) - max(qa.min(), qt.min())
-    return float(max(shared, 0.0) / union) if union > 0 else 0.0
+    low, high = quality_overlap(qa, qt)
+    return float(max(high - low, 0.0) / union) if union > 0 else 0.0
 
 
 # --- bootstrap over images ---------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from .anchors import run_anchors
-from .bdrate import BDRateError, bd_quality, bd_rate, bootstrap_bd
+from .bdrate import BDRateError, bd_quality, bd_rate, bootstrap_bd, quality_overlap
 from .evaluate import (
     _quality_transform,
     evaluate_model,
@@ -58,8 +58,8 @@ def bd_table(anchor, tests, metric="psnr", method="pchip", bootstrap=0, confiden
         row: dict[str, Any] = {"anchor": anchor["name"], "test": test["name"], "metric": metric, "method": method}
         try:
             row.update(bd_rate=bd_rate(*a_curve, *t_curve, method), bd_quality=bd_quality(*a_curve, *t_curve, method))
-            lo, hi = max(min(a_curve[1]), min(t_curve[1])), min(max(a_curve[1]), max(t_curve[1]))
-            row.update(overlap_low=lo, overlap_high=hi, coverage=(hi - lo) / (max(t_curve[1]) - min(t_curve[1])))
+            lo, hi = quality_overlap(a_curve[1], t_curve[1])
+            row.update(overlap_low=lo, overlap_high=hi, coverage=(hi - lo) / np.ptp(t_curve[1]))
             cautions = []
             if row["coverage"] < COVERAGE_CAUTION:
                 cautions.append(f"over {row['coverage']:.0%} of the test curve's quality range only "
