@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import yaml
 
-from .pipeline import KEY_FIGURES, NOTEBOOKS, RunLayout
+from .run_folder import BD_RATE_FILE, KEY_FIGURES, NOTEBOOKS, PIPELINE_FILE, RunLayout
 
 #: CSS class and id the code toggle carries (tests look for them).
 TOGGLE_ID = "feds-code-toggle"
@@ -128,28 +128,28 @@ def _table(header: list[str], rows: list[list[str]], css_id: str, numbers: bool 
 
 
 def _bd_section(layout: RunLayout) -> str:
-    path = layout.results / "bd_rate.csv"
+    path = layout.bd_rate
     if not path.exists():
-        return ('<p class="missing">No BD-rate table yet: <code>results/bd_rate.csv</code> is written by '
+        return (f'<p class="missing">No BD-rate table yet: <code>results/{BD_RATE_FILE}</code> is written by '
                 'notebook 04_rd_analysis.</p>')
     try:
         with path.open(newline="") as f:
             rows = [r for r in csv.reader(f) if r]
     except (OSError, csv.Error, UnicodeDecodeError) as e:
-        return f'<p class="missing">results/bd_rate.csv cannot be read: {escape(str(e))}</p>'
+        return f'<p class="missing">results/{BD_RATE_FILE} cannot be read: {escape(str(e))}</p>'
     if not rows:
-        return '<p class="missing">results/bd_rate.csv is empty.</p>'
+        return f'<p class="missing">results/{BD_RATE_FILE} is empty.</p>'
     width = len(rows[0])
     body = [(r + [""] * width)[:width] for r in rows[1:]]
     note = ('<p class="note">Each row: a test curve against an anchor curve on the same images; a negative '
-            'BD-rate means fewer bits for the same quality. From <code>results/bd_rate.csv</code>.</p>')
+            f'BD-rate means fewer bits for the same quality. From <code>results/{BD_RATE_FILE}</code>.</p>')
     return note + _table(rows[0], body, "bd-rate")
 
 
-def _parameters_section(root: Path) -> str:
-    path = root / "pipeline.yaml"
+def _parameters_section(layout: RunLayout) -> str:
+    path = layout.pipeline_file
     if not path.exists():
-        return '<p class="missing">No pipeline.yaml in the run folder.</p>'
+        return f'<p class="missing">No {PIPELINE_FILE} in the run folder.</p>'
     text = path.read_text()
     try:
         params = yaml.safe_load(text)
@@ -206,9 +206,9 @@ def _figures_section(layout: RunLayout) -> str:
     return "".join(parts)
 
 
-def _read_state(root: Path) -> dict:
+def _read_state(layout: RunLayout) -> dict:
     try:
-        state = json.loads((root / "state.json").read_text())
+        state = json.loads(layout.state_file.read_text())
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -220,7 +220,7 @@ def write_report(run_dir: str | Path) -> Path:
 
     layout = RunLayout(run_dir)
     layout.report.mkdir(parents=True, exist_ok=True)
-    state = _read_state(layout.root)
+    state = _read_state(layout)
     exporter = HTMLExporter(template_name="lab", embed_images=True)
     pages: dict[str, str | None] = {}  # notebook name -> its first error (None: ran clean)
     for path in sorted(layout.notebooks.glob("*.ipynb")) if layout.notebooks.is_dir() else []:
@@ -247,10 +247,10 @@ CDN when online; offline they show as TeX source.</p>
 <h2>BD-rate</h2>
 {_bd_section(layout)}
 <h2>Parameters</h2>
-{_parameters_section(layout.root)}
+{_parameters_section(layout)}
 </body></html>
 """
-    out = layout.report / "index.html"
+    out = layout.report_index
     out.write_text(index, encoding="utf-8")
     return out
 

@@ -32,9 +32,11 @@ def test_pipeline_writes_everything(pipeline_run):
     for name in NOTEBOOKS:
         nb = json.loads((run / "notebooks" / f"{name}.ipynb").read_text())
         assert nb["metadata"]["papermill"]["exception"] is None
-        # the executed copy ran with the pipeline's parameters
+        # the executed copy got the run folder, and read the pipeline's parameters from its pipeline.yaml
         injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-        assert injected and "teacher_steps = 6" in "".join(injected[0]["source"])
+        assert injected and f'run_dir = "{run.resolve()}"' in "".join(injected[0]["source"])
+        printed = "".join(o.get("text", "") for c in nb["cells"] for o in c.get("outputs", []))
+        assert "teacher steps 6, student steps 6" in printed, name
         # every notebook shows its figures (not "<Figure size ...>" text): in JupyterLab and in the report
         images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) >= (2 if name == "02_channel_entropy" else 1), name
@@ -92,8 +94,9 @@ def test_missing_data_folder_is_refused_before_any_notebook(tmp_path):
 def test_relative_data_paths_reach_the_notebooks_absolute(tmp_path, monkeypatch):
     (tmp_path / "photos").mkdir()
     monkeypatch.chdir(tmp_path)
-    params = tiny(tmp_path, data="photos").resolved().notebook_parameters()
-    assert params["data"] == str(tmp_path / "photos")
+    cfg = tiny(tmp_path, data="photos").resolved()  # what pipeline.yaml, read by every notebook, holds
+    assert cfg.data == str(tmp_path / "photos")
+    assert cfg.notebook_parameters() == {"run_dir": str(cfg.run_dir.resolve())}
 
 
 def test_example_pipeline_configs_load():

@@ -37,6 +37,7 @@ from PIL import Image, features
 from tqdm.auto import tqdm
 
 from ..errors import FedsLabError
+from ..run_folder import anchor_results_name
 from .evaluate import Image as EvalImage
 from .evaluate import ResultsError, make_results, save_results
 from .metrics import image_quality
@@ -168,5 +169,5 @@ def run_anchors(
     for key, codec in tqdm(chosen.items(), desc="anchors", disable=not progress):
         results[key] = evaluate_codec(codec, images, progress=progress)
         if out_dir is not None:
-            save_results(results[key], Path(out_dir) / f"{codec.name.lower()}.json")
+            save_results(results[key], Path(out_dir) / anchor_results_name(codec.name))
     return results

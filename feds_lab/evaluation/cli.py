@@ -144,6 +144,7 @@ def add_anchors_parser(subparsers) -> None:
 
 @_user_errors("anchors")
 def _cmd_anchors(args) -> None:
+    from ..run_folder import anchor_results_name
     from .anchors import get_codec, run_anchors
 
     codecs = [c for c in args.codecs.split(",") if c.strip()] if args.codecs else None
@@ -157,7 +158,7 @@ def _cmd_anchors(args) -> None:
             print(f"\n{res['name']} ({res['meta']['swept']})")
             measured = [c for c in _ROW_COLUMNS if c[0] not in ("image", "bpp-estimate", "bpp-gap-percent")]
             print(format_table(points, [("setting", res["meta"]["swept"], 2)] + measured))
-        print(f"wrote {Path(args.output) / (res['name'].lower() + '.json')}")
+        print(f"wrote {Path(args.output) / anchor_results_name(res['name'])}")
 
 
 # --- bdrate -----------------------------------------------------------------------------------------

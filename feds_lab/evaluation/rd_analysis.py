@@ -149,28 +149,28 @@ class RDAnalysis:
 def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, float], Path], images: Sequence,
                 bootstrap: int = 1000) -> RDAnalysis:
     """Evaluate a pipeline run's checkpoints and the anchors on ``images``; write results files."""
-    out = cfg.layout.results
-    out.mkdir(parents=True, exist_ok=True)
+    layout = cfg.layout
+    layout.results.mkdir(parents=True, exist_ok=True)
     budget = {role: cfg.budget_label(role) for role in ("teacher", "student")}
     files, names, speed = [], {}, []
 
-    def add(role: str, res: dict[str, Any], fname: str) -> None:
-        files.append(save_results(res, out / fname))
+    def add(role: str, res: dict[str, Any], path: Path) -> None:
+        files.append(save_results(res, path))
         names[role] = res["name"]
         r = res["results"]
         speed.append({"model": res["name"], "params (M)": res.get("meta", {}).get("params", np.nan) / 1e6,
                       "encode (ms)": 1e3 * float(np.mean(r["encoding_time"])),
                       "decode (ms)": 1e3 * float(np.mean(r["decoding_time"]))})
 
-    add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget['teacher']}"), "teacher.json")
+    add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget['teacher']}"), layout.teacher_results)
     for variant in dict.fromkeys(v for v, _ in students):
         ckpts = {l: p for (v, l), p in students.items() if v == variant}
         label = f"student {variant} ({cfg.student_family})"
         add(variant, evaluate_curve(label, ckpts, images, f"student variant {variant!r}, {budget['student']}"),
-            f"student_{variant}.json")
+            layout.student_results(variant))
     if cfg.anchors:
-        for key, res in run_anchors(images, codecs=cfg.anchors, out_dir=out / "anchors", progress=False).items():
-            files.append(out / "anchors" / f"{key}.json")
+        for key, res in run_anchors(images, codecs=cfg.anchors, out_dir=layout.anchors, progress=False).items():
+            files.append(layout.anchor_results(res["name"]))
             names[f"anchor:{key}"] = res["name"]
 
     rows = []
