@@ -53,7 +53,7 @@ def _expected_views(params: dict):
     from feds_lab.pipeline import PipelineConfig
     from feds_lab.training import train
 
-    cfg = PipelineConfig.from_parameters(**params)
+    cfg = PipelineConfig.for_notebook(params["run_dir"], params["overrides"])
     lmbda = cfg.lambdas[len(cfg.lambdas) // 2]
     teacher = load_model(train(cfg.train_config("teacher", lmbda)))
     images = eval_images(cfg.data, "all")[: cfg.entropy_images][:4]  # the notebook's; the explorer takes four
@@ -112,9 +112,10 @@ def test_channel_explorer_in_jupyterlab(tmp_path, request):
     lab_root = tmp_path / "lab"
     lab_root.mkdir()
     if README_MODE:
-        params = {**README_PARAMETERS, "run_dir": str(tmp_path / "run")}
+        params = {"run_dir": str(tmp_path / "run"), "overrides": README_PARAMETERS}
     else:
-        params = {**PARAMETERS, "run_dir": str(tmp_path / "run"), "data": _small_images(tmp_path / "images")}
+        params = {"run_dir": str(tmp_path / "run"),
+                  "overrides": {**PARAMETERS, "data": _small_images(tmp_path / "images")}}
 
     t0 = time.monotonic()
     views = _expected_views(params)

@@ -1,0 +1,131 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: feds-lab (.venv)
+#     language: python
+#     name: feds-lab
+# ---
+
+# %% [markdown]
+# # 04 · Rate-distortion analysis: is the student as good, and is it faster?
+#
+# **What this notebook teaches.** Codecs are compared by their **rate-distortion curves**: bpp (from the
+# bytes of real bitstreams, never from likelihoods alone) against PSNR or MS-SSIM. One number summarises
+# two curves: the **Bjøntegaard delta rate**, the average bitrate difference at equal quality,
+#
+# $$\text{BD-rate} = \exp\!\Big(\frac{1}{D_{max}-D_{min}}\int_{D_{min}}^{D_{max}} \big(\ln R_{test}(D) - \ln R_{anchor}(D)\big)\,dD\Big) - 1,$$
+#
+# with $\ln R(D)$ interpolated piecewise-cubically (PCHIP, as the JVET common test conditions do) over
+# the overlapping quality range. Negative is better (fewer bits for the same quality). A bootstrap over
+# images gives a confidence interval, so that a one-percent gap can be told from noise.
+#
+# **How it fits the whole.** 01 teacher → 02 channel entropy → 03 distillation → **04 RD analysis**.
+
+# %% [markdown]
+# > **About budgets.** The `tiny` preset (the built-in default) trains for a few hundred steps on two CPU
+# > cores: it shows the machinery, not the method's merit. Learned codecs train for hundreds of thousands
+# > of steps; every figure here is labelled with the budget that produced it. See `shared/METHOD.md` and
+# > the README for the `small` study and the `paper` preset on GPUs.
+
+# %% tags=["parameters"]
+# Parameters: papermill replaces this cell. Every other parameter is read from the run folder's
+# pipeline.yaml (feds_lab.pipeline.PipelineConfig lists them all, with their defaults).
+run_dir = "../runs/notebooks"  # the run folder: checkpoints, metrics, results and figures go there
+overrides = {}                 # values for this notebook run only, e.g. {"teacher_steps": 100}
+
+# %%
+# %matplotlib inline
+# (our figures are matplotlib Figure objects, not pyplot's: the inline backend is what shows them)
+from feds_lab.pipeline import PipelineConfig
+
+cfg = PipelineConfig.for_notebook(run_dir, overrides)
+layout = cfg.layout
+print(cfg.describe())
+
+# %%
+from feds_lab.data import eval_images
+from feds_lab.training import train
+
+teachers = {l: train(cfg.train_config("teacher", l)) for l in cfg.lambdas}
+students = {(v, l): train(cfg.train_config("student", l, variant=v)) for v in cfg.variants for l in cfg.lambdas}
+images = eval_images(cfg.eval_data or cfg.data, cfg.eval_split)
+print(f"{len(images)} evaluation images: {[n for n, _ in images]}")
+
+# %% [markdown]
+# ## Evaluate every model and the classical anchors
+#
+# Per image: real `compress`/`decompress`, bpp from the bytes (the likelihood estimate beside it), PSNR,
+# MS-SSIM, encode and decode times. Results are written in CompressAI's JSON format.
+
+# %%
+from feds_lab.evaluation.rd_analysis import analyse_run
+
+results = analyse_run(cfg, teachers, students, images)
+results.summary
+
+# %% [markdown]
+# ## Rate-distortion curves
+
+# %%
+from feds_lab import plots
+
+for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
+    fig = plots.rd_curves(results.files, metric=metric,
+                          title=f"{metric.upper()} vs rate, {len(images)} held-out images ({cfg.budget_label('all')})")
+    plots.save_figure(fig, layout.figure(fname))
+    display(fig)
+
+# %% [markdown]
+# ## BD-rate table
+#
+# Each row compares a *test* curve with an *anchor* curve on the same images (PSNR; negative = the test
+# needs fewer bits). The interval is a 95 % bootstrap over images. Rows that cannot be computed (fewer
+# than four points, no overlap, non-monotonic curves) say why instead of giving a number.
+#
+# The rows: FEDS against its teacher; the scratch student against the teacher (is the teacher worth
+# distilling from? at short budgets a small model can learn faster than a big one); FEDS against scratch;
+# each ablation against FEDS; every learned codec against JPEG.
+#
+# A BD figure averages over the quality range **both** curves cover, so read it with its overlap: the
+# `coverage` column is the share of the test curve's range compared, and `note` cautions when that is
+# under half, or when more than 5 % of the bootstrap resamples had no BD figure (the interval is then
+# over the rest). Short-budget models sit below JPEG's usual quality range; a BD-rate over a sliver
+# of overlap is a statement about that sliver only.
+
+# %%
+bd = results.bd_table
+bd.to_csv(layout.bd_rate, index=False)
+table, fig = plots.bd_rate_table(bd.to_dict("records"), title="BD-rate (PSNR), 95 % bootstrap interval over images")
+plots.save_figure(fig, layout.figure("bd_rate_table.png"))
+bd
+
+# %% [markdown]
+# ## Parameters and speed
+#
+# Parameters of each model and its mean encode/decode time on the evaluation images (this machine, thread
+# count recorded in the results files). The paper reports about 63 % fewer parameters and about 73 % less
+# coding time for its student; `benchmarks/size_speed.py` measures the `paper` preset's ratios.
+
+# %%
+ps = results.params_speed
+ps.to_csv(layout.params_speed, index=False)
+ps.round(3)
+
+# %% [markdown]
+# ## Things to try
+#
+# - **Your own evaluation set** (`eval_data="/path/to/kodak"`, `eval_split="all"`): Kodak's 24 images at
+#   768×512 are the paper's main benchmark.
+# - **MS-SSIM BD-rates**: `results.bd_table_for("ms-ssim")`.
+# - **More λ** (`lambdas`): BD-rate needs four points per curve; more points make the interpolation safer.
+# - **The full rate axis**: `plots.rd_curves(results.files, xlim=None)`; by default the plot zooms on the
+#   learned codecs when the anchors reach much further.
+# - Compare `feds` with `scratch` at a larger budget: at the tiny budget the difference is mostly noise,
+#   and the bootstrap interval says so.
