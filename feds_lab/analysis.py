@@ -1,7 +1,8 @@
 """Looking inside a codec's latent: per-channel entropy, and what each channel is worth.
 
 These functions back notebook ``02_channel_entropy`` and its explorer widget; they work on any
-:class:`~feds_lab.models.FeatureCodec` (``g_a``, ``latent_codec``, ``g_s``).
+codec that meets the contract :class:`feds_lab.models.base.Codec` (``forward``, ``analysis``,
+``synthesis``, ``compress_latent``, ``decompress_latent``): both families and a wrapped CompressAI model.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def reconstruct_without(model, view: LatentView, channels) -> torch.Tensor:
     """Reconstruction with the given latent channels of ``y_hat`` zeroed, cropped (1, 3, H, W)."""
     y = view.y_hat.clone()
     y[:, list(channels)] = 0
-    return crop_image(model.g_s(y).clamp(0, 1), view.pad)
+    return crop_image(model.synthesis(y).clamp(0, 1), view.pad)
 
 
 @torch.no_grad()
@@ -61,12 +62,12 @@ def ablate_channels(model, x: torch.Tensor, channels) -> dict[str, float]:
     and the worth of those channels at once.
     """
     xp, pad = pad_image(x)
-    y = model.g_a(xp)
+    y = model.analysis(xp)
     y[:, list(channels)] = 0
-    c = model.latent_codec.compress(y)
+    c = model.compress_latent(y)
     nbytes = sum(len(s[0]) for s in c["strings"])
-    y_hat = model.latent_codec.decompress(c["strings"], c["shape"])["y_hat"]
-    x_hat = crop_image(model.g_s(y_hat).clamp(0, 1), pad)
+    y_hat = model.decompress_latent(c["strings"], c["shape"])
+    x_hat = crop_image(model.synthesis(y_hat).clamp(0, 1), pad)
     h, w = x.shape[-2:]
     return {"bpp": 8.0 * nbytes / (h * w), "psnr": float(psnr(x, x_hat))}
 

@@ -2,6 +2,12 @@
 
 Errors meant for the user (:class:`~feds_lab.errors.FedsLabError`) are printed as one line and
 exit with status 1; set ``FEDS_LAB_DEBUG=1`` to see tracebacks.
+
+Only the module of the command being run is imported (training and evaluation load torch, which
+takes seconds): ``feds-lab --help`` lists the others from :data:`MOUNTED`. ``--plugin MODULE``
+imports a module first, so that the model families it registers are known to every command;
+installed packages can also declare theirs in the entry-point group ``feds_lab.families``
+(:mod:`feds_lab.models.registry`).
 """
 
 from __future__ import annotations
@@ -83,9 +89,33 @@ def _cmd_info(args) -> None:
     print(json.dumps(read_record(args.checkpoint), indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _cmd_families(args) -> None:
+    from .models import list_families
+    from .presets import MODEL_PRESETS
+
+    for name in list_families():
+        print(f"{name}  (presets: {', '.join(MODEL_PRESETS.get(name, {})) or 'none'})")
+
+
+#: Subcommands that other parts of the package mount: name -> (module, function adding its parser,
+#: the one-line help ``feds-lab --help`` shows; tests/test_workbench.py checks it is the parser's own).
+MOUNTED = {
+    "train": ("feds_lab.training.cli", "add_train_parser", "train a teacher, a FEDS student or the scratch baseline"),
+    "eval": ("feds_lab.evaluation.cli", "add_eval_parser", "rate-distortion of checkpoints with real bitstreams"),
+    "anchors": ("feds_lab.evaluation.cli", "add_anchors_parser",
+                "RD curves of the classical codecs (JPEG, WebP, AVIF, JPEG 2000) through Pillow"),
+    "bdrate": ("feds_lab.evaluation.cli", "add_bdrate_parser", "BD-rate and BD-PSNR of results files against an anchor"),
+    "pipeline": ("feds_lab.pipeline", "add_pipeline_parser", "run the four notebooks headless, in order (the main job)"),
+    "lab": ("feds_lab.pipeline", "add_lab_parser", "open JupyterLab on notebooks/ with the project's own kernel"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the ``argv`` it will parse, only that command's module is imported."""
     p = argparse.ArgumentParser(prog="feds-lab", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"feds-lab {__version__}")
+    p.add_argument("--plugin", action="append", metavar="MODULE",
+                   help="import MODULE first: the model families it registers join (repeatable)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("compress", help="compress an image into a .feds file")
@@ -105,27 +135,45 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint")
     i.set_defaults(func=_cmd_info)
 
-    _mount(sub)
+    f = sub.add_parser("families", help="list the model families (the package's, entry points', --plugin's)")
+    f.set_defaults(func=_cmd_families)
+
+    _mount(sub, None if argv is None else _command_in(argv))
     return p
 
 
-def _mount(sub) -> None:
-    """Each part of the package defines its own subcommands."""
-    from .evaluation.cli import add_anchors_parser, add_bdrate_parser, add_eval_parser
-    from .pipeline import add_lab_parser, add_pipeline_parser
-    from .training.cli import add_train_parser
+def _command_in(argv: list[str]) -> str:
+    """The subcommand ``argv`` names ("" when none: then only placeholders are mounted)."""
+    args = iter(argv)
+    for a in args:
+        if a == "--plugin":
+            next(args, None)
+        elif not a.startswith("-"):
+            return a
+    return ""
 
-    add_train_parser(sub)
-    add_eval_parser(sub)
-    add_anchors_parser(sub)
-    add_bdrate_parser(sub)
-    add_pipeline_parser(sub)
-    add_lab_parser(sub)
+
+def _mount(sub, command: str | None) -> None:
+    """Each part of the package defines its own subcommands: all of them (``command`` None), or only
+    ``command``'s, the others as placeholders that carry their help line."""
+    import importlib
+
+    for name, (module, adder, help_) in MOUNTED.items():
+        if command is None or command == name:
+            getattr(importlib.import_module(module), adder)(sub)
+        else:
+            sub.add_parser(name, help=help_, add_help=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
+        if args.plugin:
+            from .models.registry import load_plugin
+
+            for module in args.plugin:
+                load_plugin(module)
         args.func(args)
     except FedsLabError as e:
         print(f"feds-lab: error: {e}", file=sys.stderr)

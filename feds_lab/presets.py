@@ -69,9 +69,22 @@ _TRANSFORMER = {
     },
 }
 
+# CompressAI's Ballé/Minnen models, wrapped (feds_lab/models/wrappers.py). ``paper`` are CompressAI's
+# own sizes (N=192, M=320 is its quality 5-8, N=128, M=192 its quality 1-4, as METHOD.md's teacher and
+# student); ``small`` and ``tiny`` match the CNN family's widths at those presets.
+GOOGLE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"teacher": dict(N=192, M=320), "student": dict(N=128, M=192)},
+    "small": {"teacher": dict(N=96, M=160), "student": dict(N=64, M=96)},
+    "tiny": {"teacher": dict(N=32, M=48), "student": dict(N=16, M=32)},
+}
+
+#: family -> preset -> role -> sizes. Families registered outside the package add theirs here
+#: (``feds_lab.models.register_family(name, presets=...)``).
 MODEL_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "cnn": _CNN,
     "transformer": _TRANSFORMER,
+    "compressai:mbt2018-mean": GOOGLE_PRESETS,
+    "compressai:bmshj2018-hyperprior": GOOGLE_PRESETS,
 }
 
 # --- training budgets --------------------------------------------------------------------------

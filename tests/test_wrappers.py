@@ -15,6 +15,7 @@ from compressai.models.base import CompressionModel
 from compressai.models.utils import conv, deconv
 
 import feds_lab.models as models
+import feds_lab.models.registry as registry
 import feds_lab.presets as presets
 from feds_lab.models import FEATURE_NAMES, build_model
 from feds_lab.models.wrappers import (
@@ -31,7 +32,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "bring_your_own_codec.md"
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """Families registered inside a test disappear after it."""
-    monkeypatch.setattr(models, "_FAMILIES", dict(models._FAMILIES))
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
     monkeypatch.setattr(presets, "MODEL_PRESETS", dict(presets.MODEL_PRESETS))
 
 
@@ -210,3 +211,61 @@ def test_documented_example_runs(scratch_registry):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+
+
+def test_the_model_contract_is_met_by_both_families_and_the_wrapper():
+    x = _smooth_images(1, size=64)
+    for family in ("cnn", "transformer", "compressai:mbt2018-mean"):
+        torch.manual_seed(0)
+        m = build_model("student", "tiny", family=family)
+        assert isinstance(m, models.Codec), family
+        m.update(force=True)
+        m.eval()
+        with torch.no_grad():
+            y = m.analysis(x)
+            c = m.compress_latent(y)
+            y_hat = m.decompress_latent(c["strings"], c["shape"])
+            assert y.shape == y_hat.shape == (1, m.feature_channels()["y"], 4, 4), family
+            assert m.synthesis(y_hat).shape == x.shape
+            # the image path codes the same streams as the latent path
+            assert m.compress(x)["strings"] == c["strings"], family
+            x_hat = m.decompress(c["strings"], c["shape"])["x_hat"]
+            assert torch.allclose(x_hat, m.synthesis(y_hat).clamp(0, 1)), family
+    assert _hooks(m) == 0  # the wrapper's one-call hooks are gone
+
+
+def test_notebook_02_analysis_and_the_explorer_on_a_brought_codec(one_thread):
+    """Notebook 02's calls (entropy heatmap, real-coded channel ablation, the explorer) on
+    compressai:mbt2018-mean, built here with random weights and trained a few steps: nothing downloaded."""
+    from feds_lab.analysis import channel_ablation_table, entropy_matrix, latent_view
+    from feds_lab.losses import RateDistortionLoss
+    from feds_lab.widgets import ChannelExplorer
+
+    torch.manual_seed(0)
+    teacher = build_model("teacher", "tiny", family="compressai:mbt2018-mean")
+    images = [(f"img{i}", x[None]) for i, x in enumerate(_smooth_images(2, size=64))]
+    opt = torch.optim.Adam(teacher.parameters(), lr=1e-3)
+    loss = RateDistortionLoss(lmbda=0.0067)
+    for _ in range(3):  # briefly trained: the channels' entropies are told apart
+        opt.zero_grad()
+        out = teacher(torch.cat([x for _, x in images]))
+        loss(out, torch.cat([x for _, x in images]))["loss"].backward()
+        opt.step()
+    teacher.update(force=True)
+    teacher.eval()
+
+    views = [latent_view(teacher, name, x) for name, x in images]
+    H = entropy_matrix(views)
+    assert H.shape == (48, 2) and torch.isfinite(H).all()  # tiny teacher: M = 48
+    rows = channel_ablation_table(teacher, views, k=6)
+    assert {r["variant"] for r in rows} == {"all channels", "without top-6", "without bottom-6"}
+    assert all(r["bpp"] > 0 and math.isfinite(r["psnr"]) for r in rows)
+
+    explorer = ChannelExplorer(teacher, images)
+    top = int(views[0].entropy.argmax())
+    explorer.channel_picker.value = top
+    state = explorer.state()
+    assert state["channel"] == top and state["rank"] == 1 and state["channels"] == 48
+    assert "bits/element" in explorer.info.value and explorer.latent.value[:4] == b"\x89PNG"
+    explorer.image_picker.value = "img1"
+    assert explorer.state()["image"] == "img1"

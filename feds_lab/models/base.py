@@ -11,11 +11,18 @@ Teacher and student features of the same name have the same spatial size (their 
 the losses bridge them with 1x1 adapters). Losses and stages meet a model only through
 ``forward(x, return_features=True)``: ``x_hat``, ``likelihoods``, ``y`` (the latent before
 quantisation) and ``features``. Nothing checks which family a model belongs to.
+
+The whole contract is :class:`Codec`: features (``forward``, ``feature_channels``), the analysis
+and the synthesis transforms on their own (``analysis``, ``synthesis``), coding of a latent
+(``compress_latent``, ``decompress_latent``) and of an image (``compress``, ``decompress``). The
+channel-entropy analysis, notebook 02 and its explorer use the first three parts, so they work on
+any codec that meets it: both families here (through :class:`FeatureCodec`) and a wrapped
+CompressAI model (:class:`~feds_lab.models.wrappers.CompressAIFeatureWrapper`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
@@ -24,6 +31,35 @@ from compressai.models.base import SimpleVAECompressionModel
 FEATURE_NAMES = ("ga1", "ga2", "ga3", "y", "gs1", "gs2", "gs3")
 ANALYSIS_TAPS = ("ga1", "ga2", "ga3", "y")
 SYNTHESIS_TAPS = ("gs1", "gs2", "gs3", "x_hat")
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """What every codec of this package offers; shapes for x of (B, 3, H, W), H and W multiples of 64."""
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> dict[str, Any]:
+        """``x_hat``, ``likelihoods``, ``y``, ``y_hat`` and, when asked, ``features`` (FEATURE_NAMES)."""
+
+    def feature_channels(self) -> dict[str, int]:
+        """Width of each named feature."""
+
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """``y`` (B, M, H/16, W/16): the latent before quantisation."""
+
+    def synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """``x_hat`` (B, 3, H, W) from a quantised latent, not clamped."""
+
+    def compress_latent(self, y: torch.Tensor) -> dict[str, Any]:
+        """Entropy-code a latent: ``strings`` (lists of bytes, one list per stream) and ``shape``."""
+
+    def decompress_latent(self, strings, shape) -> torch.Tensor:
+        """``y_hat`` from what :meth:`compress_latent` wrote."""
+
+    def compress(self, x: torch.Tensor) -> dict[str, Any]:
+        """Code an image: ``strings`` and ``shape``, the streams ``compress_latent(analysis(x))`` writes."""
+
+    def decompress(self, strings, shape) -> dict[str, Any]:
+        """``{"x_hat"}``: ``synthesis(decompress_latent(...))``, clamped to [0, 1]."""
 
 
 class StagedTransform(nn.Module):
@@ -72,15 +108,25 @@ class FeatureCodec(SimpleVAECompressionModel):
             out["features"] = {name: feats[name] for name in FEATURE_NAMES}
         return out
 
-    def compress(self, x: torch.Tensor) -> dict[str, Any]:
-        check_input_size(x)
-        y = self.g_a(x)
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g_a(x)
+
+    def synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.g_s(y_hat)
+
+    def compress_latent(self, y: torch.Tensor) -> dict[str, Any]:
         out = self.latent_codec.compress(y)
         return {"strings": out["strings"], "shape": out["shape"]}
 
+    def decompress_latent(self, strings, shape, **kwargs) -> torch.Tensor:
+        return self.latent_codec.decompress(strings, shape, **kwargs)["y_hat"]
+
+    def compress(self, x: torch.Tensor) -> dict[str, Any]:
+        check_input_size(x)
+        return self.compress_latent(self.analysis(x))
+
     def decompress(self, strings, shape, **kwargs) -> dict[str, Any]:
-        y_hat = self.latent_codec.decompress(strings, shape, **kwargs)["y_hat"]
-        return {"x_hat": self.g_s(y_hat).clamp_(0, 1)}
+        return {"x_hat": self.synthesis(self.decompress_latent(strings, shape, **kwargs)).clamp_(0, 1)}
 
     def feature_channels(self) -> dict[str, int]:
         """Width of each named feature, for building 1x1 adapters without a forward pass."""

@@ -24,8 +24,10 @@ from compressai.layers import ResidualBlock, ResidualBlockUpsample, ResidualBloc
 from .attention import SwinV2Stage
 from .base import FeatureCodec, StagedTransform
 from .entropy import build_latent_codec
+from .registry import register_family
 
 
+@register_family("cnn")
 class CNNCodec(FeatureCodec):
     def __init__(
         self,

@@ -44,10 +44,10 @@ from compressai.layers import subpel_conv3x3
 from timm.layers import LayerNorm2d
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block
 
-from . import register_family
 from .attention import SwinV2Stage
 from .base import FeatureCodec, StagedTransform
 from .entropy import build_latent_codec
+from .registry import register_family
 
 
 class PatchMerging(nn.Sequential):

@@ -25,13 +25,13 @@ Registered here, from ``compressai.models`` (random initialisation: pretrained w
 loaded): ``compressai:mbt2018-mean`` (``MeanScaleHyperprior``, Minnen et al. 2018) and
 ``compressai:bmshj2018-hyperprior`` (``ScaleHyperprior``, Ballé et al. 2018). Your own model joins
 with :func:`register_compressai_family`, or with :func:`wrap_compressai_model` and
-:func:`feds_lab.models.register_family`; ``docs/bring_your_own_codec.md`` walks through both.
+:func:`feds_lab.models.register_family`; ``docs/bring_your_own_codec.md`` walks through both. Their sizes
+per preset are ``GOOGLE_PRESETS`` in :mod:`feds_lab.presets`, the one place every preset lives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Any, Callable, Iterator, Mapping, Union
 
 import torch
@@ -39,8 +39,9 @@ import torch.nn as nn
 from compressai.models import MeanScaleHyperprior, ScaleHyperprior
 from compressai.models.base import CompressionModel
 
-from . import register_family
+from ..presets import GOOGLE_PRESETS  # noqa: F401  (the sizes of the families registered below)
 from .base import ANALYSIS_TAPS, FEATURE_NAMES, FeatureCodec, check_input_size
+from .registry import register_family
 
 #: A tap: an index into ``g_a``/``g_s`` (an ``nn.Sequential``), or a dotted submodule path inside
 #: the wrapped model (``"g_a.3"``, ``"g_s.body.2"``) for transforms that are not sequences.
@@ -54,15 +55,6 @@ FEATURE_STRIDES = {"ga1": 2, "ga2": 4, "ga3": 8, "y": 16, "gs1": 8, "gs2": 4, "g
 #: each feature is the output of a (inverse) GDN, and y the last convolution's.
 GOOGLE_GA_TAPS: dict[str, Tap] = {"ga1": 1, "ga2": 3, "ga3": 5, "y": 6}
 GOOGLE_GS_TAPS: dict[str, Tap] = {"gs1": 1, "gs2": 3, "gs3": 5}
-
-#: Sizes per preset for the Ballé/Minnen families. ``paper`` are CompressAI's own (N=192, M=320 is
-#: its quality 5-8, N=128, M=192 its quality 1-4, as METHOD.md's teacher and student); ``small`` and
-#: ``tiny`` match the CNN family's widths at those presets.
-GOOGLE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"teacher": dict(N=192, M=320), "student": dict(N=128, M=192)},
-    "small": {"teacher": dict(N=96, M=160), "student": dict(N=64, M=96)},
-    "tiny": {"teacher": dict(N=32, M=48), "student": dict(N=16, M=32)},
-}
 
 
 class CompressAIFeatureWrapper(FeatureCodec):
@@ -146,6 +138,39 @@ class CompressAIFeatureWrapper(FeatureCodec):
 
     def decompress(self, strings, shape, **kwargs) -> dict[str, Any]:
         return {"x_hat": self.model.decompress(strings, shape, **kwargs)["x_hat"].clamp_(0, 1)}
+
+    # --- the rest of the contract (feds_lab.models.base.Codec): the wrapped model's own parts --------
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.g_a(x)
+
+    def synthesis(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.model.g_s(y_hat)
+
+    def compress_latent(self, y: torch.Tensor) -> dict[str, Any]:
+        """The wrapped model's own ``compress`` with ``y`` in place of what its ``g_a`` computes.
+
+        CompressAI models have no separate latent coder: ``compress(x)`` starts with ``g_a(x)``. A
+        forward hook on ``g_a`` replaces its output by ``y`` for this one call; ``g_a`` runs on a black
+        image of the matching size (x16), and the model codes ``y`` exactly as it would its own.
+        """
+        b, _, h, w = y.shape
+        stride = FEATURE_STRIDES["y"]
+        handle = self.model.g_a.register_forward_hook(lambda _m, _args, _out: y)
+        try:
+            out = self.model.compress(y.new_zeros(b, 3, h * stride, w * stride))
+        finally:
+            handle.remove()
+        return {"strings": out["strings"], "shape": out["shape"]}
+
+    def decompress_latent(self, strings, shape, **kwargs) -> torch.Tensor:
+        """``y_hat``: the wrapped model's own ``decompress``, up to what its ``g_s`` receives."""
+        got: dict[str, torch.Tensor] = {}
+        handle = self.model.g_s.register_forward_pre_hook(lambda _m, args: got.__setitem__("y_hat", args[0]))
+        try:
+            self.model.decompress(strings, shape, **kwargs)
+        finally:
+            handle.remove()
+        return got["y_hat"]
 
     def update(self, scale_table=None, force: bool = False, **kwargs) -> bool:
         return self.model.update(scale_table=scale_table, force=force, **kwargs)
@@ -281,7 +306,7 @@ for _name, _cls in (
     ("compressai:mbt2018-mean", MeanScaleHyperprior),
     ("compressai:bmshj2018-hyperprior", ScaleHyperprior),
 ):
-    register_compressai_family(_name, _cls, GOOGLE_GA_TAPS, GOOGLE_GS_TAPS, copy.deepcopy(GOOGLE_PRESETS))
+    register_compressai_family(_name, _cls, GOOGLE_GA_TAPS, GOOGLE_GS_TAPS)  # sizes: presets.GOOGLE_PRESETS
 
 __all__ = [
     "FEATURE_STRIDES", "GOOGLE_GA_TAPS", "GOOGLE_GS_TAPS", "GOOGLE_PRESETS", "CompressAIFeatureWrapper",
