@@ -13,6 +13,14 @@ __version__ = "0.1.0"
 # command. It is not ours to fix and says nothing about the user's work.
 warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
 
-from .models import build_model  # noqa: E402
-
 __all__ = ["__version__", "build_model"]
+
+
+def __getattr__(name: str):
+    # ``feds_lab.build_model`` on first use: importing the package loads no torch, so that
+    # ``feds-lab --help`` and the light modules (presets, run_folder, pipeline) start at once
+    if name == "build_model":
+        from .models import build_model
+
+        return build_model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

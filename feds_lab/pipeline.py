@@ -4,16 +4,12 @@
 
     01_teacher_training ─► 02_channel_entropy ─► 03_distillation ─► 04_rd_analysis ─► report/index.html
 
-A run folder ``runs/<name>/`` holds everything one pipeline run made::
-
-    pipeline.yaml            the parameters (one PipelineConfig)
-    state.json               which notebooks completed, with which parameters (for --resume)
-    notebooks/NN_*.ipynb     the executed notebooks (run records)
-    teacher/l<λ>/            one training run per lambda: config.yaml, metrics.jsonl, model.safetensors
-    student/<variant>/l<λ>/  variant "feds", "scratch" (the baseline) and any ablation
-    results/                 RD results (CompressAI's JSON format), BD-rate tables
-    figures/                 every figure the notebooks saved
-    report/                  standalone HTML of each notebook and index.html (offline, no server)
+A run folder ``runs/<name>/`` holds everything one pipeline run made (its layout:
+``feds_lab.run_folder``). The pipeline writes the resolved :class:`PipelineConfig` to the run's
+``pipeline.yaml`` and hands each notebook the run folder only; every notebook reads its parameters
+from that file (:meth:`PipelineConfig.for_notebook`). So the fields of :class:`PipelineConfig` are
+the one list of pipeline parameters, with their defaults: adding one is one edit there
+(``docs/contributing.md``).
 
 The key figures are also copied to the repository's ``figures/`` when ``figures_dir`` is set.
 """
@@ -34,15 +30,15 @@ import yaml
 
 from .errors import FedsLabError
 from .presets import PRESET_NAMES, train_preset
+from .report import write_report
+from .run_folder import KEY_FIGURES, NOTEBOOKS, RunLayout
 
-NOTEBOOKS = ("01_teacher_training", "02_channel_entropy", "03_distillation", "04_rd_analysis")
+#: The notebooks' committed sources (NN_name.py, jupytext percent format) and their .ipynb.
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
-#: Figures copied to the repository's figures/ folder after a run (from runs/<name>/figures/).
-KEY_FIGURES = (
-    "teacher_training_curves.png", "channel_entropy_heatmap.png", "channel_weights.png",
-    "distillation_curves.png", "feature_alignment_by_tap.png", "rd_psnr.png", "rd_ms_ssim.png", "bd_rate_table.png",
-)
+#: Fields that say where a run goes and which notebooks run, not what a notebook computes: they are
+#: not part of a notebook's --resume digest.
+_RUN_ONLY_FIELDS = ("name", "runs_dir", "figures_dir", "notebooks")
 
 
 class PipelineError(FedsLabError):
@@ -108,6 +104,8 @@ class PipelineConfig:
             if path not in (None, "builtin") and not Path(path).is_dir():
                 raise FedsLabError(f"{key}: no such folder {path!r} (give a folder of images, or leave it out "
                                    "for the built-in photographs)")
+            if path not in (None, "builtin"):  # notebooks run in notebooks/: paths must not be relative
+                setattr(new, key, str(Path(path).resolve()))
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise FedsLabError(f"threads must be a positive integer or None, got {self.threads!r}")
         unknown = [n for n in new.notebooks if n not in NOTEBOOKS]
@@ -119,12 +117,15 @@ class PipelineConfig:
         return new
 
     @classmethod
-    def from_parameters(cls, run_dir: str, **params: Any) -> PipelineConfig:
-        """Rebuild the config inside a notebook from its ``parameters`` cell (see notebook_parameters),
-        and give this process's torch the config's ``threads``."""
-        run_dir = Path(run_dir)
-        params = {k: v for k, v in params.items() if k in {f.name for f in dataclasses.fields(cls)}}
-        cfg = cls(name=run_dir.name, runs_dir=str(run_dir.parent), **params).resolved()
+    def for_notebook(cls, run_dir: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+        """The config a notebook runs with: the run folder's ``pipeline.yaml`` (the defaults when there
+        is none, e.g. a notebook opened by hand before any pipeline run), then ``overrides`` (values of
+        this notebook run only; they replace the resolved values of ``pipeline.yaml`` as written
+        there, e.g. ``{"teacher_steps": 100}``). Gives this process's torch the config's ``threads``."""
+        layout = RunLayout(run_dir)
+        cfg = cls.from_yaml(layout.pipeline_file) if layout.pipeline_file.is_file() else cls()
+        where = {"name": layout.root.name, "runs_dir": str(layout.root.parent)}  # the folder, wherever it moved
+        cfg = cfg.updated({**(overrides or {}), **where}).resolved()
         if cfg.threads:
             import torch
 
@@ -134,6 +135,12 @@ class PipelineConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+    def describe(self) -> str:
+        """What a notebook prints first: its run folder and the budget."""
+        return (f"run folder: {self.run_dir}\npreset {self.preset}, lambdas {self.lambdas}, "
+                f"teacher steps {self.teacher_steps}, student steps {self.student_steps}"
+                + (", each lambda warm-started from the previous one" if self.warm_start_ladder else ""))
 
     def budget_label(self, role: str = "teacher") -> str:
         """How much training a result had, for figure titles: every result names its budget.
@@ -173,65 +180,32 @@ class PipelineConfig:
             scratch = overrides.get("baseline") == "scratch"
             values = {**base, "role": "student", "family": self.student_family or self.family,
                       "steps": self.student_steps, "out": str(self.layout.student(variant, lmbda)),
-                      "teacher": None if scratch else str(self.layout.teacher(lmbda) / "model.safetensors")}
+                      "teacher": None if scratch else str(self.layout.teacher_model(lmbda))}
             values.update(self.train)
             values.update(overrides)
         if self.threads and values.get("threads") is None:
             values["threads"] = self.threads
         previous = [l for l in self.lambdas if l < lmbda]
         if self.warm_start_ladder and previous and "warm_start" not in values:
-            prev = self.layout.teacher(previous[-1]) if role == "teacher" else self.layout.student(variant, previous[-1])
-            values["warm_start"] = str(prev / "model.safetensors")
+            prev = (self.layout.teacher_model(previous[-1]) if role == "teacher"
+                    else self.layout.student_model(variant, previous[-1]))
+            values["warm_start"] = str(prev)
         return TrainConfig().updated(values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def notebook_parameters(self) -> dict[str, Any]:
-        """What every notebook's ``parameters`` cell receives (plain values only)."""
-        d = self.to_dict()
-        d.pop("notebooks")
-        d.pop("name")
-        d.pop("runs_dir")
-        d.pop("figures_dir")  # notebooks save into the run folder; the pipeline copies the key figures
+        """What every notebook's ``parameters`` cell receives: the run folder, nothing else (the
+        notebook reads the rest from its ``pipeline.yaml``)."""
+        return {"run_dir": str(self.run_dir.resolve())}
+
+    def resume_key(self) -> dict[str, Any]:
+        """What a notebook's result depends on, besides its source: the run folder and every value
+        of ``pipeline.yaml`` but those that only say where things go (--resume compares it)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _RUN_ONLY_FIELDS}
         d["run_dir"] = str(self.run_dir.resolve())
-        for key in ("data", "eval_data"):  # notebooks run in notebooks/: paths must not be relative
-            if d[key] and d[key] != "builtin":
-                d[key] = str(Path(d[key]).resolve())
         return d
-
-
-# --- the layout of a run folder: the one place notebooks and pipeline agree on paths --------------
-
-class RunLayout:
-    def __init__(self, run_dir: str | Path):
-        self.root = Path(run_dir)
-
-    def teacher(self, lmbda: float) -> Path:
-        return self.root / "teacher" / f"l{lmbda:g}"
-
-    def student(self, variant: str, lmbda: float) -> Path:
-        return self.root / "student" / variant / f"l{lmbda:g}"
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results"
-
-    @property
-    def figures(self) -> Path:
-        return self.root / "figures"
-
-    @property
-    def notebooks(self) -> Path:
-        return self.root / "notebooks"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
-    def figure(self, name: str) -> Path:
-        self.figures.mkdir(parents=True, exist_ok=True)
-        return self.figures / name
 
 
 # --- running -------------------------------------------------------------------------------------
@@ -263,8 +237,8 @@ def run_pipeline(config: PipelineConfig, resume: bool = False, log=print, progre
     cfg = config.resolved()
     layout = RunLayout(cfg.run_dir)
     layout.notebooks.mkdir(parents=True, exist_ok=True)
-    (layout.root / "pipeline.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    state_path = layout.root / "state.json"
+    layout.pipeline_file.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # what the notebooks read
+    state_path = layout.state_file
     state = json.loads(state_path.read_text()) if resume and state_path.exists() else {}
     params = cfg.notebook_parameters()
     t_all = time.perf_counter()
@@ -272,8 +246,8 @@ def run_pipeline(config: PipelineConfig, resume: bool = False, log=print, progre
         src = NOTEBOOK_DIR / f"{name}.ipynb"
         if not src.is_file():
             raise PipelineError(f"notebook {src} is missing")
-        digest = _digest(params, src)
-        out = layout.notebooks / f"{name}.ipynb"
+        digest = _digest(cfg.resume_key(), src)
+        out = layout.notebook(name)
         if resume and state.get(name, {}).get("digest") == digest and out.exists():
             log(f"[pipeline] {name}: already completed with the same parameters, skipped (--resume)")
             continue
@@ -293,8 +267,6 @@ def run_pipeline(config: PipelineConfig, resume: bool = False, log=print, progre
         state[name] = {"digest": digest, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
         state_path.write_text(json.dumps(state, indent=2))
         log(f"[pipeline] {name}: done in {fmt_seconds(seconds)}")
-    from .report import write_report
-
     index = write_report(layout.root)
     log(f"[pipeline] report: {index}")
     if config.figures_dir:
