@@ -30,6 +30,10 @@ from ..presets import model_preset
 #: The entry-point group that makes another package's families visible to feds-lab.
 ENTRY_POINT_GROUP = "feds_lab.families"
 
+#: The package's own families, by module: each registers itself when imported, as a plugin's does
+#: (so the registry depends on no family, and an optional family's import error breaks no other).
+BUILTIN_MODULES = ("feds_lab.models.cnn", "feds_lab.models.transformer", "feds_lab.models.wrappers")
+
 FamilyBuilder = Callable[..., Any]  # (**sizes) -> FeatureCodec
 _FAMILIES: dict[str, FamilyBuilder] = {}
 _BUILTINS_LOADED = False
@@ -86,12 +90,12 @@ def load_plugin(module: str) -> None:
 
 
 def _load_families() -> None:
-    # imported once, lazily: an optional family's import error never breaks the CNN one, and a
-    # package that only asks for presets or the registry pays for no model code
+    # imported once, lazily: a package that only asks for presets or the registry pays for no model code
     global _BUILTINS_LOADED, _PLUGINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from . import cnn, transformer, wrappers  # noqa: F401  (each registers itself)
+        for module in BUILTIN_MODULES:
+            importlib.import_module(module)
     if not _PLUGINS_LOADED:
         _PLUGINS_LOADED = True
         for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -104,4 +108,4 @@ def _load_families() -> None:
                       f"{type(e).__name__}: {e}", file=sys.stderr)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "build_model", "list_families", "load_plugin", "register_family"]
+__all__ = ["BUILTIN_MODULES", "ENTRY_POINT_GROUP", "build_model", "list_families", "load_plugin", "register_family"]
