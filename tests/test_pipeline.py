@@ -130,3 +130,17 @@ def test_budget_labels_name_teacher_and_student_budgets_apart(tmp_path):
     assert apart.budget_label("all") == "tiny preset, teacher 30, students 6 steps per λ"
     with pytest.raises(FedsLabError, match="role"):
         apart.budget_label("students")
+
+
+def test_notebook_02_runs_on_a_brought_codec(tmp_path):
+    """Notebook 02 (entropy heatmap, real-coded channel ablation, the explorer) on a wrapped CompressAI
+    model, trained here for a few steps from random weights: nothing is downloaded."""
+    cfg = tiny(tmp_path, family="compressai:mbt2018-mean", notebooks=["02_channel_entropy"], figures_dir=None)
+    run = run_pipeline(cfg, log=lambda _line: None)
+    nb = json.loads((run / "notebooks" / "02_channel_entropy.ipynb").read_text())
+    assert nb["metadata"]["papermill"]["exception"] is None
+    explorer = [c for c in nb["cells"] if "ChannelExplorer(" in "".join(c["source"])]
+    assert explorer and explorer[0]["outputs"], "the explorer cell shows the explorer"
+    assert (run / "figures" / "channel_entropy_heatmap.png").stat().st_size > 10_000
+    ablation = (run / "figures" / "channel_ablation.csv").read_text().splitlines()
+    assert ablation[0].startswith("image,variant,bpp,psnr") and len(ablation) == 1 + 2 * 3
