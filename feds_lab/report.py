@@ -7,10 +7,10 @@
     report/index.html        one page: links to those, the key figures, the BD-rate table,
                              the run's parameters and each notebook's run time
 
-Everything the pages need is inside them (figures as base64 data URIs, CSS inline). Two things
-come from a CDN when the reader is online and are simply absent offline: MathJax (formulas then
-show as their TeX source) and the static rendering of saved widget state (the interactive explorer
-of notebook 02 needs a live kernel anyway). Missing pieces are said on the page, not raised.
+Everything the pages need is inside them (figures as base64 data URIs, CSS inline), and nothing
+comes from the network (:mod:`feds_lab.offline_html`): formulas are MathML, converted at export
+time, and each widget is a static picture built from its saved state (the interactive explorer of
+notebook 02 needs a live kernel anyway). Missing pieces are said on the page, not raised.
 
 Also a command: ``python -m feds_lab.report runs/demo``.
 """
@@ -77,8 +77,14 @@ def notebook_html(path: str | Path, exporter=None) -> str:
 
     path = Path(path)
     exporter = exporter or HTMLExporter(template_name="lab", embed_images=True)
-    nb = nbformat.read(path, as_version=4)
+    from .offline_html import finish, prepare
+
+    nb, formulas = prepare(nbformat.read(path, as_version=4))
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
+    body = finish(body, formulas)
+    if formulas.failed:
+        print(f"[report] {path.name}: {len(formulas.failed)} formula(s) left as TeX (latex2mathml could not "
+              f"convert them), e.g. {formulas.failed[0][:60]!r}", file=sys.stderr)
     # the template's own <main> is the first one, its </body> the last: outputs cannot precede or follow them
     body = body.replace("<main>", _TOGGLE_CSS + _TOGGLE_BAR + "<main>", 1)
     head, sep, tail = body.rpartition("</body>")
@@ -238,8 +244,8 @@ def write_report(run_dir: str | Path) -> Path:
 <body>
 <h1>feds-lab run: {name}</h1>
 <p class="note">Report written {escape(time.strftime("%Y-%m-%d %H:%M:%S"))} from <code>{escape(str(layout.root))}</code>.
-Every page opens from disk without a server. Formulas in the notebook pages are typeset by MathJax from a
-CDN when online; offline they show as TeX source.</p>
+Every page opens from disk without a server or a network: formulas are MathML, widgets are static
+pictures of their saved state.</p>
 <h2>Notebooks</h2>
 {_notebooks_section(layout, state, pages)}
 <h2>Key figures</h2>

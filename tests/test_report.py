@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+import re
 
 import nbformat
 import pytest
@@ -152,7 +153,7 @@ def test_notebook_pages_are_standalone_with_a_code_toggle(run_dir):
         # code inputs sit where the rule finds them; the markdown (and its TeX) is outside code cells
         inputs = soup.select(".jp-CodeCell .jp-Cell-inputWrapper")
         assert inputs and "secret_code_marker" in inputs[0].get_text()
-        assert "\\log_2" in soup.get_text()
+        assert soup.find("math") is not None and "log" in soup.find("math").get_text()  # MathML, no TeX
         assert soup.find("a", href="index.html") is not None
 
 
@@ -180,3 +181,101 @@ def test_unreadable_pieces_do_not_stop_the_report(tmp_path):
     assert "bd_rate.csv is empty" in text
     assert "just a string" in text
     assert text.count("not run") == 4  # the unreadable notebook is reported as not run, not a crash
+
+
+# --- offline: formulas as MathML, widgets as static pictures, nothing from the network (issue 17) --
+
+def _widget_notebook() -> nbformat.NotebookNode:
+    """A notebook with a real ipywidgets tree (its state saved as nbclient saves it) and formulas."""
+    import ipywidgets as W
+    from ipywidgets.embed import embed_data
+
+    image = W.Image(value=_png_bytes("purple", (20, 10)), format="png")
+    image.add_class("feds-latent")
+    tree = W.VBox([W.HBox([W.Dropdown(options=["coffee", "rocket"], value="rocket", description="image"),
+                           W.IntSlider(value=7, min=0, max=15, description="channel")]),
+                   W.HTML("<span class='feds-entropy'>H = 1.234 bits/element</span>"), image])
+    data = embed_data(views=[tree])
+    nb = _notebook("widgets", None)
+    nb.cells[0].source += ("\n$$H_c = -\\frac{1}{B\\,h\\,w}\\sum_{b,i} \\log_2 p_T(\\hat y_{b,c,i})$$\n\n"
+                           "A code span `code $x$` stays code.\n")
+    cell = nbformat.v4.new_code_cell("explorer.widget", execution_count=4)
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": data["view_specs"][0], "text/plain": "VBox(...)"})]
+    nb.cells.append(cell)
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": data["manager_state"]}
+    return nb
+
+
+def test_notebook_pages_hold_mathml_and_static_widgets_and_no_remote_scripts(tmp_path):
+    from feds_lab.report import notebook_html
+
+    path = tmp_path / "w.ipynb"
+    nbformat.write(_widget_notebook(), path)
+    html = notebook_html(path)
+    soup = BeautifulSoup(html, "html.parser")
+    maths = soup.find_all("math")
+    assert len(maths) == 2 and {m.get("display") for m in maths} == {"inline", "block"}
+    assert maths[1].find("mfrac") is not None and "log" in maths[0].get_text()
+    assert "$R" not in soup.get_text() and "\\log_2" not in soup.get_text()  # no TeX source left
+    assert soup.find("code", string=re.compile("code")).get_text() == "code $x$"  # code spans left alone
+    # nothing from the network: no script or stylesheet with a remote source, no MathJax, no widget loader
+    for tag in soup.find_all(["script", "link", "img"]):
+        src = tag.get("src") or tag.get("href") or ""
+        assert not re.match(r"(https?:)?//", src), tag
+    assert "mathjax" not in html.lower() and "unpkg.com" not in html and "embed-amd" not in html
+    # the widget, as a static picture of its saved state
+    static = soup.find(class_="feds-widget-static")
+    assert static is not None
+    assert static.find("select").find("option", selected=True).get_text() == "rocket"
+    assert static.find("input", type="range")["value"] == "7"
+    assert "H = 1.234 bits/element" in static.get_text()
+    img = static.find("img", class_="feds-latent")
+    assert base64.b64decode(img["src"].split(",", 1)[1]) == _png_bytes("purple", (20, 10))
+
+
+def test_report_renders_math_in_chromium_with_the_network_off(run_dir):
+    from browser_helpers import chromium_page
+
+    nbformat.write(_widget_notebook(), run_dir / "notebooks" / "03_distillation.ipynb")
+    index = write_report(run_dir)
+    page_path = index.parent / "03_distillation.html"
+    remote: list[str] = []
+    with chromium_page(run_dir / "chromium-profile") as page:
+        context = page.context
+        context.set_offline(True)
+
+        def route(r):
+            if r.request.url.startswith(("file:", "data:")):
+                r.continue_()
+            else:
+                remote.append(r.request.url)
+                r.abort()
+
+        context.route("**/*", route)
+        page.goto(page_path.as_uri())
+        page.wait_for_load_state("load")
+        rendered = page.evaluate("""() => [...document.querySelectorAll('math')].map(m => {
+            const r = m.getBoundingClientRect();
+            return {display: m.getAttribute('display'), w: r.width, h: r.height,
+                    fraction: !!m.querySelector('mfrac'), shown: getComputedStyle(m).display};
+        })""")
+        # typeset, not just parsed: a fraction's numerator sits above its denominator
+        stacked = page.evaluate("""() => {
+            const f = document.querySelector('math mfrac');
+            if (!f || f.children.length < 2) return null;
+            const num = f.children[0].getBoundingClientRect(), den = f.children[1].getBoundingClientRect();
+            return {num_bottom: num.bottom, den_top: den.top, same_column: Math.abs(num.left - den.left) < num.width + den.width};
+        }""")
+        widget_img = page.evaluate("""() => {
+            const img = document.querySelector('.feds-widget-static img.feds-latent');
+            return img ? {w: img.naturalWidth, h: img.naturalHeight, complete: img.complete} : null;
+        }""")
+        page.goto(index.as_uri())
+        index_ok = page.evaluate("() => document.querySelectorAll('#key-figures img').length")
+    assert remote == [], f"the page asked the network for {remote}"
+    assert [m["display"] for m in rendered] == ["inline", "block"], rendered  # the notebook's two formulas
+    assert all(m["w"] > 0 and m["h"] > 0 and m["shown"] != "none" for m in rendered), rendered
+    assert stacked and stacked["num_bottom"] <= stacked["den_top"] + 1 and stacked["same_column"], stacked
+    assert widget_img == {"w": 20, "h": 10, "complete": True}
+    assert index_ok == 2
