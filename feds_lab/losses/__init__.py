@@ -14,10 +14,12 @@ from .channel_distillation import (
 from .channel_entropy import LIKELIHOOD_FLOOR, WEIGHT_MODES, channel_entropy, channel_weights, topk_pairing
 from .feature_alignment import (
     DEFAULT_TAPS,
+    FEATURE_NORMS,
     FEATURE_WEIGHTINGS,
     FeatureAlignment,
     feature_alignment_loss,
     spatial_attention,
+    standardize,
 )
 from .rate_distortion import METRICS, MS_SSIM_MIN_SIDE, RateDistortionLoss, bpp_from_likelihoods
 
@@ -27,6 +29,7 @@ __all__ = [
     "LIKELIHOOD_FLOOR",
     "METRICS",
     "MS_SSIM_MIN_SIDE",
+    "FEATURE_NORMS",
     "FEATURE_WEIGHTINGS",
     "WEIGHT_MODES",
     "EntropyWeightedChannelDistillation",
@@ -38,5 +41,6 @@ __all__ = [
     "feature_alignment_loss",
     "output_distillation_loss",
     "spatial_attention",
+    "standardize",
     "topk_pairing",
 ]

@@ -7,6 +7,15 @@ channels, and each channel's squared error is weighted by how informative the te
                                        ├─ per-channel MSE ─► mean_c w_c * MSE_c = L_ent
     y_T (B,M_T,h,w) ───────────────────┘                        ▲
     p_T(y_hat_T) ─► channel_entropy ─► channel_weights ─────────┘
+
+``norm="channel"`` (ours; issue 13) standardises both latents per image and channel first and
+halves the error, so ``MSE_c`` becomes ``1 - Pearson`` of channel c: the loss then asks the
+student latent for the teacher's *structure*, not for its magnitudes. On raw latents (``none``,
+METHOD.md's form) the loss pulls the student toward the teacher's largest, most expensive
+channels and buys bits (measured: the first build's FEDS students spent more bits at every lambda).
+
+Output distillation is here too: ``MSE(x_hat_S, x_hat_T)``; the objective can express its weight as
+a share of the distortion term (``output_scale``, feds_lab.training.stages).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .channel_entropy import WEIGHT_MODES, channel_entropy, channel_weights, topk_pairing
+from .feature_alignment import FEATURE_NORMS, standardize
 
 DISTILLATION_WEIGHTINGS = WEIGHT_MODES + ("topk",)
 
@@ -35,8 +45,12 @@ class EntropyWeightedChannelDistillation(nn.Module):
     and, for topk, ``pairing`` (M_S,) teacher channel indices. The teacher side gets no gradient.
     """
 
-    def __init__(self, student_channels: int, teacher_channels: int, weighting: str = "softmax", tau: float = 1.0):
+    def __init__(self, student_channels: int, teacher_channels: int, weighting: str = "softmax", tau: float = 1.0,
+                 norm: str = "none"):
         super().__init__()
+        if norm not in FEATURE_NORMS:
+            raise ValueError(f"unknown latent normalisation {norm!r}; known: {list(FEATURE_NORMS)}")
+        self.norm = norm
         if weighting not in DISTILLATION_WEIGHTINGS:
             raise ValueError(f"unknown channel weighting {weighting!r}; known: {list(DISTILLATION_WEIGHTINGS)}")
         if weighting == "topk" and student_channels > teacher_channels:
@@ -61,14 +75,20 @@ class EntropyWeightedChannelDistillation(nn.Module):
         if self.P is None:
             idx = topk_pairing(entropy, self.student_channels)
             weights = channel_weights(entropy[idx], "softmax", self.tau)
-            per_channel = (y_s - y_t[:, idx]).pow(2).mean(dim=(0, 2, 3))
+            per_channel = self._error(y_s, y_t[:, idx])
             out["pairing"] = idx
         else:
             weights = channel_weights(entropy, self.weighting, self.tau)
-            per_channel = (self.P(y_s) - y_t).pow(2).mean(dim=(0, 2, 3))
+            per_channel = self._error(self.P(y_s), y_t)
         out["weights"] = weights
         out["loss"] = (weights * per_channel).mean()
         return out
+
+    def _error(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Per-channel error (C,): MSE, or with ``norm="channel"`` 1 - Pearson (mean over images)."""
+        if self.norm == "channel":
+            return 0.5 * (standardize(s) - standardize(t)).pow(2).mean(dim=(0, 2, 3))
+        return (s - t).pow(2).mean(dim=(0, 2, 3))
 
     def _check_shapes(self, y_s: torch.Tensor, y_t: torch.Tensor, lik: torch.Tensor) -> None:
         if y_s.dim() != 4 or y_s.shape[1] != self.student_channels:

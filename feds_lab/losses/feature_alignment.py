@@ -8,6 +8,13 @@ width, and the loss is an attention-weighted MSE::
 The paper calls the alignment "attention-aware" without giving the formula; this attention map
 (activation-based spatial attention in the manner of Zagoruyko & Komodakis 2017) and its
 normalisation are ours. ``L_feat`` is the mean of ``L_feat,l`` over the taps.
+
+Scale (``norm``, ours; issue 13): on raw activations the per-tap errors span about 100x and the
+loss has no fixed ratio to ``L_RD``. ``norm="channel"`` standardises the teacher feature and the
+lifted student feature per image and channel over positions before the error (PKD, Cao et al.
+2022), so that ``L_feat,l = mean(a_T * (z(A_l f_S) - z(f_T))^2) / 2``; with ``plain`` weighting
+that is ``1 - Pearson`` averaged over images and channels: 0 for a perfect (affine) match, 1 for
+unrelated features, 2 for opposite ones, whatever the activations' scale.
 """
 
 from __future__ import annotations
@@ -19,6 +26,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 FEATURE_WEIGHTINGS = ("attention", "plain")
+FEATURE_NORMS = ("none", "channel")
+#: added to a standard deviation before dividing by it (a constant channel standardises to 0)
+STD_EPS = 1e-5
+
+
+def standardize(f: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> the same, zero mean and unit (population) variance per image and channel."""
+    mean = f.mean(dim=(2, 3), keepdim=True)
+    std = f.var(dim=(2, 3), keepdim=True, unbiased=False).add(STD_EPS**2).sqrt()
+    return (f - mean) / std
 DEFAULT_TAPS = ("ga1", "ga2", "ga3", "gs1", "gs2", "gs3")
 
 
@@ -37,23 +54,31 @@ def spatial_attention(f_t: torch.Tensor) -> torch.Tensor:
 
 
 def feature_alignment_loss(
-    f_s_lifted: torch.Tensor, f_t: torch.Tensor, weighting: str = "attention"
+    f_s_lifted: torch.Tensor, f_t: torch.Tensor, weighting: str = "attention", norm: str = "none"
 ) -> torch.Tensor:
     """Scalar alignment loss between a lifted student feature and the teacher's, both (B, C_T, H, W).
 
     ``attention``: ``mean(a_T * (f_s_lifted - f_t)^2)`` over batch, channels and positions;
-    ``plain``: ``mean((f_s_lifted - f_t)^2)``. The teacher side is detached.
+    ``plain``: ``mean((f_s_lifted - f_t)^2)``. With ``norm="channel"`` both sides are
+    standardised first (:func:`standardize`) and the mean is halved (plain: ``1 - Pearson``).
+    The teacher side is detached; the attention map is always the raw teacher feature's.
     """
     if weighting not in FEATURE_WEIGHTINGS:
         raise ValueError(f"unknown feature weighting {weighting!r}; known: {list(FEATURE_WEIGHTINGS)}")
+    if norm not in FEATURE_NORMS:
+        raise ValueError(f"unknown feature normalisation {norm!r}; known: {list(FEATURE_NORMS)}")
     if f_s_lifted.shape != f_t.shape:
         raise ValueError(
             f"student feature {tuple(f_s_lifted.shape)} and teacher feature {tuple(f_t.shape)} differ in shape"
         )
     f_t = f_t.detach()
-    if weighting == "plain":
-        return F.mse_loss(f_s_lifted, f_t)
-    return (spatial_attention(f_t) * (f_s_lifted - f_t).pow(2)).mean()
+    a_t = spatial_attention(f_t) if weighting == "attention" else None
+    scale = 1.0
+    if norm == "channel":
+        f_s_lifted, f_t, scale = standardize(f_s_lifted), standardize(f_t), 0.5
+    if a_t is None:
+        return scale * F.mse_loss(f_s_lifted, f_t)
+    return scale * (a_t * (f_s_lifted - f_t).pow(2)).mean()
 
 
 class FeatureAlignment(nn.Module):
@@ -70,10 +95,14 @@ class FeatureAlignment(nn.Module):
         teacher_channels: dict[str, int],
         taps: Iterable[str] = DEFAULT_TAPS,
         weighting: str = "attention",
+        norm: str = "none",
     ):
         super().__init__()
         if weighting not in FEATURE_WEIGHTINGS:
             raise ValueError(f"unknown feature weighting {weighting!r}; known: {list(FEATURE_WEIGHTINGS)}")
+        if norm not in FEATURE_NORMS:
+            raise ValueError(f"unknown feature normalisation {norm!r}; known: {list(FEATURE_NORMS)}")
+        self.norm = norm
         self.taps = tuple(taps)
         if not self.taps:
             raise ValueError("at least one tap is needed")
@@ -100,6 +129,6 @@ class FeatureAlignment(nn.Module):
                     f"tap {tap!r}: student feature is {tuple(s.shape[-2:])} and teacher feature "
                     f"{tuple(t.shape[-2:])} in space; both models must see the same input size"
                 )
-            per_tap[tap] = feature_alignment_loss(self.adapters[tap](s), t, self.weighting)
+            per_tap[tap] = feature_alignment_loss(self.adapters[tap](s), t, self.weighting, self.norm)
         loss = torch.stack(list(per_tap.values())).mean()
         return loss, {tap: v.detach() for tap, v in per_tap.items()}

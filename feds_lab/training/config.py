@@ -22,10 +22,17 @@ from typing import Any
 import yaml
 
 from ..errors import FedsLabError
-from ..losses import DEFAULT_TAPS, DISTILLATION_WEIGHTINGS, FEATURE_WEIGHTINGS, METRICS, MS_SSIM_MIN_SIDE
+from ..losses import DEFAULT_TAPS, DISTILLATION_WEIGHTINGS, FEATURE_NORMS, FEATURE_WEIGHTINGS, METRICS, MS_SSIM_MIN_SIDE
 from ..presets import LAMBDAS, PRESET_NAMES, ROLES, train_preset
 
 SCHEDULES = ("constant", "onecycle")
+CLIP_MODES = ("total", "separate")
+# the stage weights' vocabularies live with the stages (feds_lab.training.stages)
+OUTPUT_SCALES = ("raw", "distortion")
+RAMPS = ("constant", "linear", "cosine")
+BALANCES = ("none", "grad")
+#: training split -> the held-out split its runs validate on (feds_lab.data)
+TRAIN_SPLITS = {"train": "val", "tune-train": "tune-val"}
 BASELINES = ("none", "scratch")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -33,8 +40,17 @@ DEVICES = ("auto", "cpu", "cuda")
 #: resumed with other values for these (e.g. on another device, or with a progress bar).
 RUNTIME_FIELDS = frozenset(
     {"out", "device", "threads", "resume", "progress", "log_every", "val_every", "val_images", "ckpt_every",
-     "max_nonfinite"}
+     "max_nonfinite", "grad_log_every"}
 )
+
+#: Fields that only a distilling (FEDS) student reads: a teacher's or the scratch baseline's identity
+#: leaves them out, so that changing a distillation default never orphans finished teacher runs.
+DISTILLATION_FIELDS = frozenset(
+    {"teacher", "alpha", "beta", "gamma", "weighting", "tau", "taps", "feature_weighting", "feature_norm",
+     "latent_norm", "output_scale", "ramp", "balance", "balance_every", "clip_mode", "init_from_teacher"}
+)
+#: Fields that only a student reads (its stages and fine-tuning rate); left out of a teacher's identity.
+STUDENT_FIELDS = frozenset({"stage_split", "finetune_lr_factor"})
 
 # the fields train_preset() supplies when they are left at None
 _PRESET_FIELDS = ("steps", "batch_size", "crop", "lr", "schedule", "val_every", "ckpt_every")
@@ -82,9 +98,32 @@ class TrainConfig:
     tau: float = 1.0  #: softmax temperature of the channel weights, bits
     taps: tuple[str, ...] = DEFAULT_TAPS  #: features aligned in L_feat
     feature_weighting: str = "attention"  #: attention | plain
+    #: scale-free losses (ours, issue 13): ``channel`` standardises teacher and lifted student per
+    #: image and channel (1 - Pearson, as PKD); ``none`` is METHOD.md's raw MSE
+    feature_norm: str = "none"  #: L_feat: none | channel
+    latent_norm: str = "none"  #: L_ent: none | channel
+    #: output distillation: ``raw`` gamma * MSE(x_hat_S, x_hat_T); ``distortion`` gamma * lmbda * 255^2 *
+    #: MSE(x_hat_S, x_hat_T), i.e. gamma is a share of the distortion term
+    output_scale: str = "raw"
+    ramp: str = "constant"  #: distillation weights over stages 1-2: constant | linear | cosine (down to 0)
+    #: ``grad``: alpha, beta, gamma become each term's gradient norm as a share of L_RD's, on the
+    #: student's weights, measured every ``balance_every`` steps (ours); ``none``: plain weights
+    balance: str = "none"
+    balance_every: int = 10
+    #: ``total``: one clip over the summed gradient (CompressAI's); ``separate``: L_RD's gradient is
+    #: clipped exactly as the scratch baseline's, the distillation gradient on its own, so that
+    #: distillation never shrinks the RD step (single process; under torchrun it falls back to total)
+    clip_mode: str = "total"
+    #: beyond FEDS, reported apart: start the student from the teacher's weights, channel-sliced
+    #: where the shapes allow (as EVC- and KDIC-style students are built); FEDS students only
+    init_from_teacher: bool = False
+    warmup: float = 0.3  #: one-cycle warm-up share of the steps (torch's pct_start)
 
     # --- data ------------------------------------------------------------------------------------
     data: str | None = None  #: image folder; None = the built-in photographs
+    #: split of ``data`` to train on: ``train`` (validating on ``val``) or ``tune-train`` (validating on
+    #: ``tune-val``: what ``feds-lab tune`` uses, so that a search never sees the reported images)
+    train_split: str = "train"
     seed: int = 0  #: model initialisation, batches and quantisation noise
 
     # --- running and reporting -------------------------------------------------------------------
@@ -95,6 +134,9 @@ class TrainConfig:
     val_images: int | None = None  #: validate on at most this many held-out images; None = all
     ckpt_every: int | None = None  #: write the training state every this many steps
     log_every: int = 1  #: a "train" line in metrics.jsonl every this many steps (mean over them)
+    #: a "grad" line every this many steps: each loss term's gradient norm on the student's weights
+    #: (L_RD, alpha L_feat, beta L_ent, gamma L_out); 0 = never. Costs one extra backward per term.
+    grad_log_every: int = 25
     max_nonfinite: int = 20  #: stop after more than this many non-finite steps in a row
     resume: bool = True  #: continue from the state in the run folder, if any (False: start over)
     progress: bool = True  #: tqdm progress bar (rank 0 only)
@@ -175,6 +217,7 @@ class TrainConfig:
                  "or --baseline scratch for the baseline")
         else:
             need(self.teacher is None, f"a {self.run_name().split('-')[0]} run takes no teacher (got {self.teacher!r})")
+        need(self.train_split in TRAIN_SPLITS, f"train_split must be one of {list(TRAIN_SPLITS)}, got {self.train_split!r}")
         need(self.metric in METRICS, f"metric must be one of {list(METRICS)}, got {self.metric!r}")
         need(self.schedule in SCHEDULES, f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         need(self.device in DEVICES or self.device.startswith("cuda:"),
@@ -183,6 +226,15 @@ class TrainConfig:
              f"weighting must be one of {list(DISTILLATION_WEIGHTINGS)}, got {self.weighting!r}")
         need(self.feature_weighting in FEATURE_WEIGHTINGS,
              f"feature_weighting must be one of {list(FEATURE_WEIGHTINGS)}, got {self.feature_weighting!r}")
+        for name, known in (("feature_norm", FEATURE_NORMS), ("latent_norm", FEATURE_NORMS),
+                            ("output_scale", OUTPUT_SCALES), ("ramp", RAMPS), ("balance", BALANCES),
+                            ("clip_mode", CLIP_MODES)):
+            need(getattr(self, name) in known, f"{name} must be one of {list(known)}, got {getattr(self, name)!r}")
+        need(self.balance_every >= 1, f"balance_every must be at least 1, got {self.balance_every}")
+        need(self.grad_log_every >= 0, f"grad_log_every must be non-negative (0 = never), got {self.grad_log_every}")
+        need(0 < self.warmup < 1, f"warmup must be a share of the steps between 0 and 1, got {self.warmup}")
+        need(not self.init_from_teacher or self.distills,
+             "init_from_teacher needs a FEDS student with a teacher (it copies the teacher's weights)")
         need(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         need(self.crop >= 64 and self.crop % 64 == 0, f"crop must be a positive multiple of 64 px, got {self.crop}")
@@ -211,8 +263,14 @@ class TrainConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
     def identity(self) -> dict[str, Any]:
-        """The values that decide the trained weights (everything but :data:`RUNTIME_FIELDS`)."""
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        """The values that decide the trained weights: everything but :data:`RUNTIME_FIELDS`, and
+        for runs that do not distil, everything but the fields they never read."""
+        unused = set() if self.distills else set(DISTILLATION_FIELDS - {"teacher"})
+        if self.role != "student":
+            unused |= STUDENT_FIELDS
+        elif not self.distills and self.finetune_lr_factor == 1.0:
+            unused.add("stage_split")  # a scratch run meets its stage boundaries only through the lr drop
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS and k not in unused}
 
     def differences(self, other: TrainConfig) -> list[str]:
         """``field: mine -> theirs`` for every identity field that differs."""

@@ -47,6 +47,14 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return [bool(v) for v in t.tolist()]
 
+    def mean(self, values: list[float]) -> list[float]:
+        """Element-wise mean of floats over all ranks (one small all-reduce)."""
+        if not self.active:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return [v / self.world_size for v in t.tolist()]
+
     def gather(self, obj):
         """Every rank's ``obj`` as a list indexed by rank (a collective: all ranks must call it)."""
         if not self.active:

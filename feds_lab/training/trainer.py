@@ -1,17 +1,23 @@
 """The training loop: teachers on L_RD, FEDS students in three stages, and the scratch baseline.
 
-One function, :func:`train`, reads top to bottom: run folder, models, optimisers, data, the loop,
-the final model. One step, in CompressAI's practice (its ``examples/train.py``)::
+:func:`train` reads top to bottom: run folder, models, optimisers, data, the loop, the final model.
+One step (:func:`train_step`), in CompressAI's practice (its ``examples/train.py``)::
 
     x = batch(step) ─► [teacher, no_grad] ─► teacher_out
-                  └──► objective(x, stage, teacher_out) ─► loss ─► backward ─► clip ─► Adam
-                                                 model.aux_loss() ─► backward ─► Adam (quantiles)
+                  └──► objective(x, stage, teacher_out, weights(step)) ─► L_RD + distillation terms
+                        ─► backward ─► clip (one norm, or L_RD and distillation apart) ─► Adam
+                           model.aux_loss() ─► backward ─► Adam (quantiles)
 
-The stage of a step comes from :class:`~feds_lab.training.stages.StagePlan`; the loss of each stage
-from :class:`~feds_lab.training.stages.TrainingObjective`. Batch ``step`` is a function of
-``(seed, step)`` alone (``dataset.sample_batch``), and the state saved at a checkpoint holds torch's
-RNG (the quantisation noise), so a run killed at any moment resumes from its last checkpoint and
-ends with the same weights as one that never stopped.
+The stage of a step comes from :class:`~feds_lab.training.stages.StagePlan`, the loss of each stage
+from :class:`~feds_lab.training.stages.TrainingObjective`, and the coefficient of each distillation
+term from :class:`~feds_lab.training.stages.DistillationWeights`. Every few steps (``grad_log_every``,
+and whenever balancing needs it) the step also measures each term's gradient norm on the student's
+weights and logs it (a ``"grad"`` line in ``metrics.jsonl``): the balance a reader checks before
+trusting any distillation result.
+
+Batch ``step`` is a function of ``(seed, step)`` alone (``dataset.sample_batch``), and the state saved
+at a checkpoint (:class:`TrainingState`) holds torch's RNG (the quantisation noise), so a run killed
+at any moment resumes from its last checkpoint and ends with the same weights as one that never stopped.
 
 Test hook: with the environment variable ``FEDS_LAB_TEST_KILL_AT_STEP=k`` the process SIGKILLs
 itself right after writing the checkpoint of step ``k`` (used by ``tests/test_resume.py``).
@@ -28,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +43,16 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .. import coding
 from ..checkpoint import load_model, load_weights, save_model
 from ..data import eval_images, load_dataset
 from ..errors import CheckpointError, FedsLabError
-from ..evaluation.metrics import psnr
 from ..losses import RateDistortionLoss
 from ..models import build_model
 from . import distributed
-from .config import ConfigError, TrainConfig
+from .config import TRAIN_SPLITS, ConfigError, TrainConfig
 from .distributed import Distributed
-from .stages import Stage, StagePlan, TrainingObjective
+from .init import init_from_teacher
+from .stages import DistillationWeights, Stage, StagePlan, TrainingObjective
 from .state import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, MetricsLog, atomic_write_bytes, clear_run,
                     load_state, save_state)
 
@@ -94,10 +100,10 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
             return out / MODEL_FILE
         raise ConfigError(f"{out} holds a finished run with another config ({'; '.join(diffs)}); "
                           "use --fresh (resume=False) to overwrite it, or another --out")
-    state = None
+    saved = None
     if cfg.resume and (out / STATE_FILE).exists():
-        state = load_state(out / STATE_FILE)
-        diffs = TrainConfig.from_dict(state["config"]).differences(cfg)
+        saved = load_state(out / STATE_FILE)
+        diffs = TrainConfig.from_dict(saved["config"]).differences(cfg)
         if diffs:
             raise ConfigError(f"{out} holds a run with another config ({'; '.join(diffs)}); "
                               "use --fresh (resume=False) to start over, or another --out")
@@ -105,138 +111,280 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
     metrics = MetricsLog(out / METRICS_FILE)
     if dd.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if state is None:
+        if saved is None:
             clear_run(out)
         else:
-            metrics.truncate_after(state["step"])  # lines a killed run logged after its last checkpoint
+            metrics.truncate_after(saved["step"])  # lines a killed run logged after its last checkpoint
         atomic_write_bytes(out / CONFIG_FILE, cfg.to_yaml().encode())
     dd.barrier()
 
     # --- 1. models: the one we train, the frozen teacher, the adapters ---------------------------
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.role, preset=cfg.preset, family=cfg.family, **cfg.model)
-    if cfg.warm_start and state is None:
+    teacher = load_teacher(cfg.teacher, device) if cfg.distills else None
+    if saved is None and cfg.warm_start:
         load_weights(model, cfg.warm_start)
         say(f"warm start from {cfg.warm_start}")
-    teacher = load_teacher(cfg.teacher, device) if cfg.distills else None
+    elif saved is None and cfg.init_from_teacher:
+        copied = init_from_teacher(model, teacher)
+        say(f"initialised from the teacher (beyond FEDS): {copied['tensors']} tensors, "
+            f"{copied['fraction']:.0%} of the student's weights, channel-sliced")
     objective = TrainingObjective.for_config(cfg, model, teacher).to(device)
     plan = StagePlan.from_config(cfg)
+    weights = DistillationWeights(objective.base_weights(), plan, cfg.ramp, cfg.balance)
     if dd.active:
         torch.manual_seed(cfg.seed + dd.rank)  # each rank draws its own quantisation noise
 
     # --- 2. optimisers: Adam on the weights (and adapters), Adam on the quantiles (aux loss) ------
-    step = state["step"] if state else 0
-    stage = Stage(state["stage"]) if state else None  # the stage of the last step done
-    optimizer, aux_optimizer = configure_optimizers(objective, cfg, adapters=stage is not Stage.FINE_TUNING)
-    scheduler = make_scheduler(optimizer, cfg)
-    nonfinite, skipped, seconds, window = 0, 0, 0.0, _Window()
-    if state:
-        model.load_state_dict(state["model"])
-        for name, module in objective.adapters().items():
-            module.load_state_dict(state["adapters"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        aux_optimizer.load_state_dict(state["aux_optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        _restore_rng(state, dd, cfg.seed + step)
-        nonfinite, skipped, seconds = state["nonfinite"], state["skipped"], state["seconds"]
-        window = _Window.from_state(state["window"], device)  # a log line half-way through its steps
-        say(f"{out}: resuming at step {step} of {cfg.steps} ({stage.value})")
+    run = TrainingState.start(cfg, objective, weights, dd, saved)
+    if saved:
+        say(f"{out}: resuming at step {run.step} of {cfg.steps} ({run.stage.value})")
     objective.train()
     step_fn: nn.Module = objective if not dd.active else _data_parallel(objective, device)
+    separate_clip = cfg.clip_mode == "separate" and not dd.active
+    if cfg.clip_mode == "separate" and dd.active:
+        say("note: clip_mode=separate needs one process; under torchrun the summed gradient is clipped (total)")
 
     # --- 3. data: batch `step` is a function of (seed, step); ranks take slices of it -------------
-    dataset = load_dataset(cfg.data, "train", cfg.crop, seed=cfg.seed)
+    dataset = load_dataset(cfg.data, cfg.train_split, cfg.crop, seed=cfg.seed)
     rows = dd.batch_slice(cfg.batch_size)
-    val_set = (eval_images(cfg.data, "val")[: cfg.val_images] if dd.is_main and cfg.val_every else [])
-    max_norm = cfg.clip_max_norm if cfg.clip_max_norm > 0 else math.inf  # inf: measure the norm, clip nothing
+    val_set = (eval_images(cfg.data, TRAIN_SPLITS[cfg.train_split])[: cfg.val_images]
+               if dd.is_main and cfg.val_every else [])
 
     # --- 4. the loop -------------------------------------------------------------------------------
     show = dd.is_main and cfg.progress and not os.environ.get("TQDM_DISABLE")
-    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.run_name(), disable=not show, dynamic_ncols=True,
+    bar = tqdm(total=cfg.steps, initial=run.step, desc=cfg.run_name(), disable=not show, dynamic_ncols=True,
                file=sys.stderr)
-    t0 = time.perf_counter() - seconds
+    t0 = time.perf_counter() - run.seconds
     with _stop_on_signals() as stop:
-        for step in range(step, cfg.steps):
-            if plan.stage_at(step) is not stage:
-                stage = plan.stage_at(step)
-                if stage is Stage.FINE_TUNING:
-                    enter_fine_tuning(optimizer, cfg.finetune_lr_factor)
+        for step in range(run.step, cfg.steps):
+            if plan.stage_at(step) is not run.stage:
+                run.stage = plan.stage_at(step)
+                if run.stage is Stage.FINE_TUNING:
+                    enter_fine_tuning(run.optimizer, cfg.finetune_lr_factor)
                 end = next(e for _, b, e in plan.spans() if b <= step < e)
-                say(f"{stage.value}: steps {step + 1}-{end}")
+                say(f"{run.stage.value}: steps {step + 1}-{end}")
 
             x = dataset.sample_batch(step, cfg.batch_size, cfg.seed)[rows].to(device, non_blocking=True)
             teacher_out = None
-            if objective.uses_teacher(stage):
+            if objective.uses_teacher(run.stage):
                 with torch.no_grad():
                     teacher_out = teacher(x, return_features=True)
-
-            optimizer.zero_grad(set_to_none=True)
-            aux_optimizer.zero_grad(set_to_none=True)
-            terms = step_fn(x, stage, teacher_out)
-            terms["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), max_norm)
-            finite = bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm))
-            bad, stopping = dd.any(not finite, stop.requested)  # every rank takes the same branch
-            if bad:  # skip the update: the weights stay as the last good step left them
-                nonfinite, skipped = nonfinite + 1, skipped + 1
-                if nonfinite == 1:
-                    say(f"step {step + 1}: non-finite loss or gradient, step skipped")
-                if nonfinite > cfg.max_nonfinite:
-                    bar.close()
-                    raise _too_many_nonfinite(cfg, out, nonfinite, step + 1)
-            else:
-                nonfinite = 0
-                optimizer.step()
-                aux_loss = model.aux_loss()  # on the unwrapped model: it only touches the quantiles
-                aux_loss.backward()
-                aux_optimizer.step()
-                window.add(terms, aux_loss=aux_loss, grad_norm=grad_norm)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step used
+            active = objective.active_terms(run.stage)
+            measure = bool(active) and (weights.needs_measurement(step, active, cfg.balance_every)
+                                        or (cfg.grad_log_every and step % cfg.grad_log_every == 0))
+            terms, grads, lr = train_step(run, step_fn, x, teacher_out, step, measure=measure,
+                                          separate_clip=separate_clip, stopping=stop.requested)
             done = step + 1
-            if scheduler is not None and done < cfg.steps:
-                scheduler.step()  # even after a skipped step: the schedule is a function of the step
             bar.update(1)
 
             # reporting: metrics.jsonl, progress bar, validation (rank 0 only)
+            if dd.is_main and grads:
+                metrics.append({"step": done, "stage": run.stage.value, "kind": "grad", **grads})
             if dd.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
-                record = {"step": done, "stage": stage.value, "kind": "train", **window.means(),
-                          "lr": lr, "skipped": skipped, "seconds": _since(t0)}
+                record = {"step": done, "stage": run.stage.value, "kind": "train", **run.window.means(),
+                          **{f"w_{t}": w for t, w in weights.at(step).items()},
+                          "lr": lr, "skipped": run.skipped, "seconds": _since(t0)}
                 metrics.append(record)
                 bar.set_postfix(_postfix(record), refresh=False)
-                window = _Window()
+                run.window = _Window()
             if dd.is_main and cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
-                _log_validation(metrics, validate(model, val_set, objective.rd_loss), done, stage, t0)
+                _log_validation(metrics, validate(model, val_set, objective.rd_loss), done, run.stage, t0)
 
             # checkpoint at intervals, and on SIGINT/SIGTERM after finishing the step
             # (not during a run of non-finite steps: the last checkpoint stays the last good one)
-            if stopping or (cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps and not nonfinite):
-                state = _training_state(cfg, dd, objective, optimizer, aux_optimizer, scheduler, done, stage,
-                                        nonfinite, skipped, _since(t0), window)
+            run.step, run.seconds = done, _since(t0)
+            if run.stopping or (cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < cfg.steps
+                                and not run.nonfinite):
+                state = run.capture()
                 if dd.is_main:
                     save_state(state, out / STATE_FILE)
                     _test_kill_hook(done)
-            if stopping:
+            if run.stopping:
                 bar.close()
                 raise TrainingInterrupted(f"stopped by signal after step {done}; state saved in {out / STATE_FILE}. "
                                           "Run the same command again to resume.")
+            if run.nonfinite > cfg.max_nonfinite:
+                bar.close()
+                raise _too_many_nonfinite(cfg, out, run.nonfinite, done)
     bar.close()
 
     # --- 5. the final model: update the CDF tables, validate, save ----------------------------------
     model.update(force=True)
+    run.stage = run.stage or plan.stage_at(cfg.steps - 1)
     val = validate(model, val_set, objective.rd_loss) if val_set else None
     if dd.is_main and val is not None:
-        _log_validation(metrics, val, cfg.steps, stage or plan.stage_at(cfg.steps - 1), t0)
-    state = _training_state(cfg, dd, objective, optimizer, aux_optimizer, scheduler, cfg.steps,
-                            stage or plan.stage_at(cfg.steps - 1), nonfinite, skipped, _since(t0), window)
+        _log_validation(metrics, val, cfg.steps, run.stage, t0)
+    run.step, run.seconds = cfg.steps, _since(t0)
+    state = run.capture()
     if dd.is_main:
         save_state(state, out / STATE_FILE)  # kept, so that a run can be extended by hand
-        record = training_record(cfg, dd, teacher, seconds=_since(t0), skipped=skipped, val=val)
+        record = training_record(cfg, dd, teacher, seconds=run.seconds, skipped=run.skipped, val=val)
         save_model(model, out / MODEL_FILE, record)  # written last: its presence marks a finished run
-        say(f"{out / MODEL_FILE}: {cfg.steps} steps in {_since(t0):.0f} s" + (f", {skipped} skipped" if skipped else "")
+        say(f"{out / MODEL_FILE}: {cfg.steps} steps in {run.seconds:.0f} s"
+            + (f", {run.skipped} skipped" if run.skipped else "")
             + (f"; val {val['psnr']:.2f} dB at {val['bpp']:.3f} bpp" if val else ""))
     dd.barrier()
     return out / MODEL_FILE
+
+
+# --- one step ------------------------------------------------------------------------------------
+def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_out: dict[str, Any] | None,
+               step: int, measure: bool = False, separate_clip: bool = False, stopping: bool = False):
+    """One optimiser step of ``run``; returns (loss terms, gradient norms measured or {}, lr used).
+
+    ``measure``: also compute each loss term's gradient norm on the student's weights (one extra
+    backward per term through the same graph); balancing then updates its factors from them.
+    ``separate_clip``: clip L_RD's gradient as the scratch baseline's is clipped, and the
+    distillation terms' gradient on its own, so that distillation never shrinks the RD step.
+    A non-finite loss or gradient skips the update (every rank alike) and counts in ``run.nonfinite``.
+    """
+    cfg, objective, weights, dd = run.cfg, run.objective, run.weights, run.dd
+    run.optimizer.zero_grad(set_to_none=True)
+    run.aux_optimizer.zero_grad(set_to_none=True)
+    terms = step_fn(x, run.stage, teacher_out, weights.at(step))
+
+    grads: dict[str, float] = {}
+    if measure:
+        grads = term_gradient_norms(terms, objective, run.stage, weights.at(step), dd)
+        weights.update(grads)
+    max_norm = cfg.clip_max_norm if cfg.clip_max_norm > 0 else math.inf  # inf: measure the norm, clip nothing
+    params = [p for p in objective.parameters() if p.requires_grad]
+    if separate_clip and terms["kd_loss"].requires_grad:
+        grad_norm = _separately_clipped_backward(terms["rd_loss"], terms["kd_loss"], params, max_norm)
+    else:
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    finite = bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm))
+    bad, run.stopping = dd.any(not finite, stopping)  # every rank takes the same branch
+    if bad:  # skip the update: the weights stay as the last good step left them
+        run.nonfinite, run.skipped = run.nonfinite + 1, run.skipped + 1
+        if run.nonfinite == 1 and dd.is_main:
+            tqdm.write(f"step {step + 1}: non-finite loss or gradient, step skipped", file=sys.stderr)
+    else:
+        run.nonfinite = 0
+        run.optimizer.step()
+        aux_loss = objective.model.aux_loss()  # on the unwrapped model: it only touches the quantiles
+        aux_loss.backward()
+        run.aux_optimizer.step()
+        run.window.add(terms, aux_loss=aux_loss, grad_norm=grad_norm)
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
+    if run.scheduler is not None and step + 1 < cfg.steps:
+        run.scheduler.step()  # even after a skipped step: the schedule is a function of the step
+    return terms, grads, lr
+
+
+def student_weights(objective: TrainingObjective) -> list[nn.Parameter]:
+    """The weights every loss term shares: the model's, without the quantiles and the adapters."""
+    return [p for n, p in objective.model.named_parameters() if p.requires_grad and not n.endswith(".quantiles")]
+
+
+def term_gradient_norms(terms: dict[str, torch.Tensor], objective: TrainingObjective, stage: Stage,
+                        coefficients: dict[str, float], dd: Distributed) -> dict[str, float]:
+    """Gradient norms on :func:`student_weights`: ``rd`` (L_RD), each active term unweighted
+    (``feat``, ``ent``, ``out``) and as weighted this step (``w_feat`` = its coefficient x norm).
+    Averaged over ranks under torchrun, so that balancing gives every rank the same weights."""
+    params = student_weights(objective)
+    names = ["rd"] + objective.active_terms(stage)
+    values = []
+    for name in names:
+        loss = terms["rd_loss" if name == "rd" else f"{name}_loss"]
+        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        values.append(float(torch.linalg.vector_norm(torch.stack([v.norm() for v in g if v is not None]))))
+    values = dd.mean(values)
+    out = dict(zip(names, values))
+    out.update({f"w_{n}": coefficients.get(n, 0.0) * out[n] for n in names if n != "rd"})
+    return out
+
+
+def _separately_clipped_backward(rd: torch.Tensor, kd: torch.Tensor, params: list[nn.Parameter],
+                                 max_norm: float) -> torch.Tensor:
+    """``p.grad = clip(grad L_RD) + clip(grad L_kd)``, each clipped to ``max_norm`` on its own;
+    returns the norm of the unclipped L_RD gradient (what the scratch baseline's clip sees)."""
+    g_rd = torch.autograd.grad(rd, params, retain_graph=True, allow_unused=True)
+    g_kd = torch.autograd.grad(kd, params, allow_unused=True)
+    norms = []
+    for g in (g_rd, g_kd):
+        present = [v for v in g if v is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([v.norm() for v in present])) if present
+                     else torch.zeros(()))
+    scale = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+    for p, a, b in zip(params, g_rd, g_kd):
+        if a is None and b is None:
+            continue
+        total = (a * scale[0] if a is not None else 0) + (b * scale[1] if b is not None else 0)
+        p.grad = total.detach()
+    return norms[0]
+
+
+# --- the training state: everything a resumed run needs, captured and restored in one place --------
+@dataclass
+class TrainingState:
+    """The live objects of a run and its counters; :meth:`capture` and :meth:`restore` mirror each other."""
+
+    cfg: TrainConfig
+    objective: TrainingObjective
+    weights: DistillationWeights
+    dd: Distributed
+    optimizer: torch.optim.Optimizer
+    aux_optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: int = 0
+    stage: Stage | None = None  # the stage of the last step done
+    nonfinite: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    stopping: bool = False
+    window: _Window = field(default_factory=lambda: _Window())
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, objective: TrainingObjective, weights: DistillationWeights, dd: Distributed,
+              saved: dict[str, Any] | None) -> TrainingState:
+        stage = Stage(saved["stage"]) if saved else None
+        optimizer, aux_optimizer = configure_optimizers(objective, cfg, adapters=stage is not Stage.FINE_TUNING)
+        run = cls(cfg, objective, weights, dd, optimizer, aux_optimizer, make_scheduler(optimizer, cfg))
+        if saved:
+            run.restore(saved)
+        return run
+
+    def capture(self) -> dict[str, Any]:
+        """As tensors and plain values (``torch.load(weights_only=True)`` reads it back). A collective
+        under torchrun (every rank's RNG state is gathered), so all ranks call it."""
+        cuda = self.dd.device.type == "cuda"
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "stage": self.stage.value,
+            "nonfinite": self.nonfinite,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "window": {"n": self.window.n, "sums": self.window.sums},
+            "model": self.objective.model.state_dict(),
+            "adapters": {name: m.state_dict() for name, m in self.objective.adapters().items()},
+            "distillation_weights": self.weights.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": self.dd.gather(torch.get_rng_state()),
+            "cuda_rng": self.dd.gather(torch.cuda.get_rng_state(self.dd.device).cpu()) if cuda else None,
+            "world_size": self.dd.world_size,
+            "config": self.cfg.to_dict(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.objective.model.load_state_dict(state["model"])
+        for name, module in self.objective.adapters().items():
+            module.load_state_dict(state["adapters"][name])
+        if "distillation_weights" in state:
+            self.weights.load_state_dict(state["distillation_weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.stage = state["step"], Stage(state["stage"])
+        _restore_rng(state, self.dd, self.cfg.seed + self.step)
+        self.nonfinite, self.skipped, self.seconds = state["nonfinite"], state["skipped"], state["seconds"]
+        self.window = _Window.from_state(state["window"], self.dd.device)  # a log line half-way through its steps
 
 
 # --- optimisers and schedules -----------------------------------------------------------------------
@@ -255,10 +403,11 @@ def configure_optimizers(objective: TrainingObjective, cfg: TrainConfig, adapter
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """``onecycle``: torch's OneCycleLR over all steps with peak ``lr`` (its defaults otherwise:
-    30 % warm-up, cosine, beta1 cycled); ``constant``: None."""
+    """``onecycle``: torch's OneCycleLR over all steps with peak ``lr`` and ``warmup`` as its
+    ``pct_start`` (its defaults otherwise: cosine, beta1 cycled); ``constant``: None."""
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps,
+                                                   pct_start=cfg.warmup)
     return None
 
 
@@ -305,65 +454,42 @@ def load_teacher(path: str | os.PathLike, device: torch.device) -> nn.Module:
 # --- validation ----------------------------------------------------------------------------------
 @torch.no_grad()
 def validate(model: nn.Module, images: list[tuple[str, torch.Tensor]], rd_loss: RateDistortionLoss) -> dict[str, float]:
-    """Real coding on held-out images with the live model (no copy): mean ``psnr`` (dB, 8-bit RGB),
-    ``bpp`` (the whole file's bytes), ``stream_bpp``, ``bpp_likelihood`` and ``loss`` (L_RD with it).
+    """Real coding on held-out images with the live model (no copy), through
+    :func:`feds_lab.evaluation.evaluate.evaluate_model`: mean ``psnr`` (dB, 8-bit RGB), ``bpp`` (the
+    whole file's bytes), ``stream_bpp``, ``bpp_likelihood`` and ``loss`` (L_RD of the decoded images
+    with the likelihood rate).
 
     ``update(force=True)`` rebuilds the CDF tables from the current weights; they are buffers that
     training never reads, so validating mid-run changes nothing in training. Train mode is restored.
     """
+    from ..evaluation.evaluate import evaluate_model
+
+    if not images:
+        return {}
     was_training = model.training
     model.eval()
     model.update(force=True)
-    device = next(model.parameters()).device
-    rows = []
-    for _, x in images:
-        x = x.to(device)
-        xp, pad = coding.pad_image(x)
-        out = model(xp)
-        rd = rd_loss({"x_hat": coding.crop_image(out["x_hat"], pad).clamp(0, 1), "likelihoods": out["likelihoods"]}, x)
-        enc = coding.encode(model, x)
-        dec = coding.decode(model, enc.data)
-        rows.append({"psnr": psnr(x.cpu(), dec.x_hat.cpu()), "bpp": enc.bpp, "stream_bpp": enc.stream_bpp,
-                     "bpp_likelihood": float(rd["bpp_loss"]), "loss": float(rd["loss"])})
+    rows = evaluate_model(model, images, warmup=False)["rows"]
     model.train(was_training)
-    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]} if rows else {}
+    out = []
+    for r in rows:
+        if rd_loss.metric == "mse":
+            loss = r["bpp-estimate"] + rd_loss.lmbda * 255**2 * 10 ** (-r["psnr-rgb"] / 10)
+        else:
+            loss = r["bpp-estimate"] + rd_loss.lmbda * (1 - r["ms-ssim-rgb"])
+        out.append({"psnr": r["psnr-rgb"], "bpp": r["bpp"], "stream_bpp": r.get("bpp-streams", r["bpp"]),
+                    "bpp_likelihood": r["bpp-estimate"], "loss": loss})
+    return {k: sum(o[k] for o in out) / len(out) for k in out[0]}
 
 
 def _log_validation(metrics: MetricsLog, val: dict[str, float], step: int, stage: Stage, t0: float) -> None:
     metrics.append({"step": step, "stage": stage.value, "kind": "val", **val, "seconds": _since(t0)})
     if val:
         tqdm.write(f"step {step}: val {val['psnr']:.2f} dB, {val['bpp']:.3f} bpp "
-                  f"(likelihood {val['bpp_likelihood']:.3f}), loss {val['loss']:.4f}", file=sys.stderr)
+                   f"(likelihood {val['bpp_likelihood']:.3f}), loss {val['loss']:.4f}", file=sys.stderr)
 
 
-# --- state and record ----------------------------------------------------------------------------
-def _training_state(cfg, dd, objective, optimizer, aux_optimizer, scheduler, step, stage, nonfinite, skipped,
-                    seconds, window) -> dict[str, Any]:
-    """Everything a resumed run needs, as tensors and plain values (``torch.load(weights_only=True)``).
-
-    A collective under torchrun (every rank's RNG state is gathered), so all ranks call it.
-    """
-    cuda = dd.device.type == "cuda"
-    return {
-        "format": STATE_FORMAT,
-        "step": step,
-        "stage": stage.value,
-        "nonfinite": nonfinite,
-        "skipped": skipped,
-        "seconds": seconds,
-        "window": {"n": window.n, "sums": window.sums},
-        "model": objective.model.state_dict(),
-        "adapters": {name: m.state_dict() for name, m in objective.adapters().items()},
-        "optimizer": optimizer.state_dict(),
-        "aux_optimizer": aux_optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": dd.gather(torch.get_rng_state()),
-        "cuda_rng": dd.gather(torch.cuda.get_rng_state(dd.device).cpu()) if cuda else None,
-        "world_size": dd.world_size,
-        "config": cfg.to_dict(),
-    }
-
-
+# --- record --------------------------------------------------------------------------------------
 def _restore_rng(state: dict[str, Any], dd: Distributed, fallback_seed: int) -> None:
     rng, cuda_rng = state.get("rng") or [], state.get("cuda_rng")
     if len(rng) == dd.world_size:
@@ -377,6 +503,11 @@ def _restore_rng(state: dict[str, Any], dd: Distributed, fallback_seed: int) -> 
                   "the quantisation noise restarts from a fresh seed", file=sys.stderr)
 
 
+def run_kind(cfg: TrainConfig) -> str:
+    """teacher | student (FEDS) | scratch (the baseline)."""
+    return "scratch" if cfg.role == "student" and cfg.baseline == "scratch" else cfg.role
+
+
 def training_record(cfg: TrainConfig, dd: Distributed, teacher: nn.Module | None, seconds: float, skipped: int,
                     val: dict[str, float] | None) -> dict[str, Any]:
     """The record embedded in ``model.safetensors``: what was trained, on which budget, how it did."""
@@ -385,16 +516,18 @@ def training_record(cfg: TrainConfig, dd: Distributed, teacher: nn.Module | None
     device_name = torch.cuda.get_device_name(dd.device) if dd.device.type == "cuda" else "cpu"
     return {
         "role": cfg.role,
-        "run": cfg.run_name().split("-")[0],  # teacher | student | scratch
+        "run": run_kind(cfg),
         "baseline": cfg.baseline,
         "lmbda": cfg.lmbda,
         "metric": cfg.metric,
         "teacher": {"path": str(cfg.teacher), "fingerprint": fingerprint(teacher)} if teacher is not None else None,
         "warm_start": cfg.warm_start,
+        "init_from_teacher": cfg.init_from_teacher,
         "budget": {
             "steps": cfg.steps, "batch_size": cfg.batch_size, "crop": cfg.crop, "schedule": cfg.schedule,
             "lr": cfg.lr, "aux_lr": cfg.aux_lr, "stage_split": list(cfg.stage_split) if cfg.role == "student" else None,
             "finetune_lr_factor": cfg.finetune_lr_factor if cfg.role == "student" else None,
+            "train_split": cfg.train_split,
             "wall_seconds": round(seconds, 2), "device": str(dd.device), "device_name": device_name,
             "threads": torch.get_num_threads(), "world_size": dd.world_size, "skipped_steps": skipped,
         },

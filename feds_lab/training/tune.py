@@ -1,0 +1,325 @@
+"""``feds-lab tune``: search the FEDS settings with Optuna, on the rate-distortion plane, on the
+validation split only.
+
+One trial is one FEDS student *ladder*: a student per lambda of the pipeline config (each warm-started
+from the previous, as the pipeline trains them), trained on ``tune-train`` and coded for real on
+``tune-val`` (feds_lab.data: both cut from the training split, so the search never sees the images a
+study reports). Its objective is the BD-rate of that curve against the scratch baseline's curve on
+the same images (%, lower is better). A lower L_RD at one lambda is not a better codec (METHOD.md,
+"Distillation at short budgets"): only a curve is. After each lambda the trial reports the mean PSNR
+gain at matched rate over the points so far, and Optuna's median pruner stops trials that trail.
+
+::
+
+    teachers, scratch ladder (trained once, found again by every trial and every worker)
+        └─► trial: suggest settings ─► train the FEDS ladder ─► val of each model (real bits, tune-val)
+                                                   └─► BD-rate vs scratch ─► storage (SQLite by default)
+
+Several workers, one search: start ``feds-lab tune`` again with the same ``--storage`` and study name,
+on this machine (each worker one thread) or on another one that sees the same storage: a journal file
+on a shared disk (``--storage journal:/shared/feds.journal``) or a database server
+(``--storage postgresql://user@host/db``). A killed worker's trial is retried with the same settings
+and its training runs resume from their checkpoints (a trial's folder is named by its settings).
+
+The search space (:func:`suggest`) and the fixed choices are ours; see the README's study section for
+why the fine-tuning rate is not searched (the scratch baseline must keep the same schedule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..errors import FedsLabError
+
+#: Settings every trial shares (ours): scale-free terms (gradient balancing, output distillation as
+#: a share of the distortion term), and no learning-rate drop in stage 3, so that the scratch
+#: baseline (one plain one-cycle schedule) is the same for every trial.
+FIXED = {"balance": "grad", "output_scale": "distortion", "finetune_lr_factor": 1.0}
+BD_UNDEFINED = 100.0  # objective of a trial whose curve has no BD-rate (not monotonic): worse than any real one
+
+
+class TuneError(FedsLabError):
+    """The search cannot run as asked (the message says why)."""
+
+
+def suggest(trial) -> dict[str, Any]:
+    """TrainConfig overrides for one trial (ours). alpha, beta, gamma are each term's gradient norm
+    as a share of L_RD's (``balance="grad"``); the stage split is drawn as the fine-tuning share and
+    stage 1's share of the rest."""
+    norm = trial.suggest_categorical("norm", ["channel", "none"])
+    stage3 = trial.suggest_float("stage3", 0.1, 0.4)
+    align = trial.suggest_float("align_share", 0.2, 0.6)
+    s1 = round(align * (1 - stage3), 3)
+    s3 = round(stage3, 3)
+    values = {
+        **FIXED,
+        "feature_norm": norm, "latent_norm": norm,
+        "alpha": trial.suggest_float("alpha", 0.01, 1.0, log=True),
+        "beta": trial.suggest_float("beta", 0.01, 1.0, log=True),
+        "gamma": trial.suggest_float("gamma", 0.01, 1.0, log=True),
+        "tau": trial.suggest_float("tau", 0.5, 8.0, log=True),
+        "ramp": trial.suggest_categorical("ramp", ["constant", "cosine"]),
+        "clip_mode": trial.suggest_categorical("clip_mode", ["total", "separate"]),
+        "stage_split": [s1, round(1 - s1 - s3, 3), s3],
+    }
+    return values
+
+
+#: A first trial at a sensible prior (ours), so that the search starts from it rather than from noise.
+PRIOR = {"norm": "channel", "stage3": 0.3, "align_share": 0.4, "alpha": 0.1, "beta": 0.1, "gamma": 0.1,
+         "tau": 2.0, "ramp": "cosine", "clip_mode": "separate"}
+
+
+# --- the curves ------------------------------------------------------------------------------------
+def val_point(checkpoint: Path) -> tuple[float, float]:
+    """(bpp, PSNR) of a finished run on its validation split, from the record its trainer wrote."""
+    from ..checkpoint import read_record
+
+    val = read_record(checkpoint).get("val") or {}
+    if "bpp" not in val:
+        raise TuneError(f"{checkpoint}: its record has no validation result (val_every=0?)")
+    return float(val["bpp"]), float(val["psnr"])
+
+
+def psnr_gain_at_matched_rate(anchor: tuple[np.ndarray, np.ndarray], points: list[tuple[float, float]]) -> float:
+    """Mean over ``points`` of PSNR minus the anchor curve's PSNR at the same rate (dB): the anchor
+    interpolated piecewise-linearly in log-rate, extended linearly past its ends."""
+    rate, quality = (np.asarray(a, dtype=float) for a in anchor)
+    order = np.argsort(rate)
+    lr, q = np.log10(rate[order]), quality[order]
+    gains = []
+    for bpp, psnr in points:
+        x = math.log10(bpp)
+        i = int(np.clip(np.searchsorted(lr, x) - 1, 0, len(lr) - 2))
+        slope = (q[i + 1] - q[i]) / (lr[i + 1] - lr[i]) if lr[i + 1] != lr[i] else 0.0
+        gains.append(psnr - (q[i] + slope * (x - lr[i])))
+    return float(np.mean(gains))
+
+
+# --- the search ------------------------------------------------------------------------------------
+class Search:
+    """One search over one pipeline config's FEDS students (the config's teachers, data, budget)."""
+
+    def __init__(self, pipeline_config, storage: str | None = None, study_name: str | None = None):
+        from ..pipeline import PipelineConfig  # noqa: F401  (type only)
+
+        self.pcfg = pipeline_config.resolved()
+        if len(self.pcfg.lambdas) < 4:
+            raise TuneError(f"a search needs four lambdas or more (a BD-rate needs four points), got {self.pcfg.lambdas}")
+        if "feds" not in self.pcfg.variants or "scratch" not in self.pcfg.variants:
+            raise TuneError("the pipeline config needs a 'feds' and a 'scratch' variant")
+        self.root = self.pcfg.run_dir / "tune"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.storage_url = storage or f"sqlite:///{(self.root / 'optuna.db').resolve()}"
+        self.study_name = study_name or f"{self.pcfg.name}-feds"
+
+    # --- storage and study ----------------------------------------------------------------------
+    def storage(self):
+        import optuna
+
+        if self.storage_url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(self.storage_url.removeprefix("journal:")))
+        # heartbeats let a later worker find a killed worker's trial and retry it with the same settings
+        return optuna.storages.RDBStorage(
+            self.storage_url, heartbeat_interval=60, grace_period=180,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+
+    def study(self, seed: int = 0):
+        import optuna
+
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+        study = optuna.create_study(storage=self.storage(), study_name=self.study_name, direction="minimize",
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+        if not study.trials:
+            study.enqueue_trial(PRIOR)
+        return study
+
+    # --- what every trial compares against -------------------------------------------------------
+    def references(self, log=print, wait: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Train (or find) the teachers and the scratch ladder; the scratch curve on tune-val.
+
+        ``wait``: train nothing; wait for another process (a pipeline, another worker) to finish them."""
+        for lmbda in self.pcfg.lambdas if not wait else []:  # waiting: each trial waits for its teacher
+            self.reference("teacher", lmbda, None, log, wait)
+        pts = [val_point(self.reference("student", l, "scratch", log, wait)) for l in self.pcfg.lambdas]
+        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+    def reference(self, role: str, lmbda: float, variant: str | None, log=print, wait: bool = False) -> Path:
+        """The finished checkpoint of one teacher or scratch run (trained here unless ``wait``)."""
+        from ..training import MODEL_FILE, train
+
+        cfg = self._config(role, lmbda, variant, {})
+        path = Path(cfg.out) / MODEL_FILE
+        if path.exists() or not wait:
+            if not path.exists():
+                log(f"[tune] training {role if variant is None else variant} lambda {lmbda:g} ...")
+            return train(cfg)  # a finished run with this config returns at once
+        log(f"[tune] waiting for {path} (trained by another process)")
+        while not path.exists():
+            time.sleep(20)
+        return train(cfg)  # checks that it is the run this config asks for
+
+    def _config(self, role: str, lmbda: float, variant: str | None, overrides: dict[str, Any]):
+        cfg = self.pcfg.train_config(role, lmbda, variant)
+        values = {"train_split": "tune-train", "progress": False, **overrides}
+        if cfg.val_every == 0:
+            values["val_every"] = None  # the preset's: every run must validate at its end
+        cfg = cfg.updated(values)
+        if cfg.train_split != "tune-train":
+            raise TuneError("a search trains on tune-train and measures on tune-val; "
+                            f"the pipeline config sets train_split={cfg.train_split!r}")
+        return cfg
+
+    # --- one trial --------------------------------------------------------------------------------
+    def objective(self, trial, scratch, log=print, wait: bool = False) -> float:
+        import optuna
+
+        from ..evaluation.bdrate import BDRateError, bd_rate
+        from ..training import MODEL_FILE, train
+
+        settings = suggest(trial)
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+        folder = self.root / f"trial-{key}"  # named by its settings: a retried trial resumes its runs
+        trial.set_user_attr("folder", str(folder))
+        trial.set_user_attr("settings", settings)
+        points, previous = [], None
+        t0 = time.perf_counter()
+        for k, lmbda in enumerate(self.pcfg.lambdas):
+            over = {**settings, "out": str(folder / f"l{lmbda:g}")}
+            if self.pcfg.warm_start_ladder:
+                over["warm_start"] = str(previous) if previous else None
+            self.reference("teacher", lmbda, None, log, wait)
+            previous = train(self._config("student", lmbda, "feds", over))
+            points.append(val_point(previous))
+            if callable(scratch):  # the scratch curve, once it exists
+                scratch = scratch()
+            gain = psnr_gain_at_matched_rate(scratch, points)
+            log(f"[tune] trial {trial.number} lambda {lmbda:g}: {points[-1][1]:.2f} dB at {points[-1][0]:.4f} bpp "
+                f"(mean {gain:+.3f} dB against scratch at matched rate)")
+            trial.report(-gain, k)
+            trial.set_user_attr("points", points)
+            trial.set_user_attr("psnr_gain", gain)
+            if k < len(self.pcfg.lambdas) - 1 and trial.should_prune():
+                raise optuna.TrialPruned()
+        trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+        try:
+            return float(bd_rate(*scratch, [p[0] for p in points], [p[1] for p in points]))
+        except BDRateError as e:
+            trial.set_user_attr("note", f"no BD-rate: {e}")
+            return BD_UNDEFINED
+
+    def run(self, trials: int, log=print, wait: bool = False) -> Any:
+        """Run trials until the study holds ``trials`` finished ones (complete or pruned): a second
+        call with the same number resumes a search, a larger one extends it. ``wait``: the teachers
+        and the scratch ladder are being trained by another process; wait for each when needed."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = self.study()
+        curve: list = []
+
+        def scratch():
+            if not curve:
+                curve.append(self.references(log, wait))
+                log("[tune] scratch on tune-val: " + ", ".join(f"{q:.2f} dB at {r:.4f} bpp" for r, q in zip(*curve[0])))
+            return curve[0]
+
+        if not wait:
+            scratch()
+        while True:
+            done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE,
+                                                           optuna.trial.TrialState.PRUNED)]
+            if len(done) >= trials:
+                break
+            study.optimize(lambda t: self.objective(t, curve[0] if curve else scratch, log, wait), n_trials=1,
+                           catch=())
+        return study
+
+
+# --- what the search found -------------------------------------------------------------------------
+def summary(study) -> dict[str, Any]:
+    """Best trial, every trial's settings and value, and parameter importances (when computable)."""
+    import optuna
+
+    rows = []
+    for t in study.trials:
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                     "psnr_gain": t.user_attrs.get("psnr_gain"), "points": t.user_attrs.get("points"),
+                     "note": t.user_attrs.get("note", ""), "seconds": t.user_attrs.get("seconds")})
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    out: dict[str, Any] = {"study": study.study_name, "trials": rows, "complete": len(complete)}
+    if complete:
+        best = study.best_trial
+        out["best"] = {"number": best.number, "value": best.value, "params": best.params,
+                       "settings": best.user_attrs.get("settings")}
+    try:
+        out["importances"] = dict(optuna.importance.get_param_importances(study)) if len(complete) >= 3 else {}
+    except Exception as e:  # importances need variety among finished trials; say so instead
+        out["importances"] = {}
+        out["importance_note"] = str(e)
+    return out
+
+
+def write_summary(search: Search, study, log=print) -> Path:
+    """``tune/summary.json``, ``tune/best.yaml`` (TrainConfig overrides of the best trial) and the
+    search's figure; returns the summary's path."""
+    from ..plots import tune_figure
+
+    s = summary(study)
+    path = search.root / "summary.json"
+    path.write_text(json.dumps(s, indent=2, default=str))
+    if "best" in s:
+        (search.root / "best.yaml").write_text(yaml.safe_dump(s["best"]["settings"], sort_keys=False))
+        log(f"[tune] best: trial {s['best']['number']}, BD-rate {s['best']['value']:+.2f} % against scratch on "
+            f"tune-val; settings in {search.root / 'best.yaml'}")
+    fig = tune_figure(s)
+    fig.savefig(search.root / "tune_search.png", dpi=120, bbox_inches="tight")
+    log(f"[tune] {s['complete']} complete of {len(s['trials'])} trials; summary {path}")
+    return path
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+def _cmd_tune(args) -> None:
+    from ..pipeline import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
+    values = {}
+    for item in args.set or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise TuneError(f"--set expects key=value, got {item!r}")
+        values[key.strip()] = yaml.safe_load(raw)
+    cfg = cfg.updated(values)
+    search = Search(cfg, storage=args.storage, study_name=args.study_name)
+    print(f"[tune] study {search.study_name!r} in {search.storage_url}", file=sys.stderr)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    study = search.run(args.trials, log=log, wait=args.wait) if args.trials else search.study()
+    write_summary(search, study, log=lambda m: print(m, file=sys.stderr))
+
+
+def add_tune_parser(sub) -> None:
+    p = sub.add_parser("tune", help="search the FEDS settings (Optuna) on the validation split, by BD-rate vs scratch")
+    p.add_argument("--config", help="pipeline YAML whose teachers, data and budget the search uses "
+                                    "(e.g. configs/pipelines/study_feds.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any PipelineConfig field (YAML value)")
+    p.add_argument("--trials", type=int, default=0,
+                   help="run until the study holds this many finished trials (0: only write the summary)")
+    p.add_argument("--storage", help="Optuna storage: sqlite:///PATH (default runs/<name>/tune/optuna.db), "
+                                     "journal:PATH (a file on a shared disk), or a database URL")
+    p.add_argument("--study-name", dest="study_name", help="default: <pipeline name>-feds")
+    p.add_argument("--wait", action="store_true",
+                   help="train no teacher or scratch run: wait for another process (a pipeline, a worker) to finish them")
+    p.set_defaults(func=_cmd_tune)

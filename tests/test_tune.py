@@ -1,0 +1,58 @@
+"""The search (feds-lab tune): a tiny search of two trials runs end to end, resumes from its storage,
+and measures only on tune-val; the PSNR-at-matched-rate helper against a hand example."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from feds_lab.data import split_files
+from feds_lab.pipeline import PipelineConfig
+from feds_lab.training.tune import Search, psnr_gain_at_matched_rate, summary, write_summary
+
+optuna = pytest.importorskip("optuna")
+
+
+def test_psnr_gain_at_matched_rate_by_hand():
+    anchor = (np.array([0.1, 1.0]), np.array([20.0, 30.0]))  # 10 dB per decade of rate
+    assert psnr_gain_at_matched_rate(anchor, [(np.sqrt(0.1), 26.0)]) == pytest.approx(1.0)  # anchor: 25 dB
+    assert psnr_gain_at_matched_rate(anchor, [(10.0, 39.0)]) == pytest.approx(-1.0)  # extended past its end: 40
+
+
+def test_tune_splits_are_disjoint_from_the_reported_split():
+    files = [f"{i:03d}.png" for i in range(49)]
+    val, tv, tt = (set(split_files(files, s)) for s in ("val", "tune-val", "tune-train"))
+    assert not (val & tv) and not (val & tt) and not (tv & tt)
+    assert len(val) == 5 and len(tv) == 6 and len(tt) == 38
+
+
+@pytest.mark.slow
+def test_tiny_search_runs_and_resumes(tmp_path, one_thread):
+    cfg = PipelineConfig(name="t", runs_dir=str(tmp_path), teacher_steps=2, student_steps=3,
+                         lambdas=[0.0018, 0.0067, 0.025, 0.0483], threads=1,
+                         train={"train_split": "tune-train", "crop": 64, "batch_size": 2, "val_images": 1})
+    search = Search(cfg)
+    study = search.run(2, log=lambda m: None)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 2
+    assert finished[0].params["alpha"] == pytest.approx(0.1)  # the enqueued prior comes first
+    for t in finished:
+        folder = tmp_path / "t" / "tune" / t.user_attrs["folder"].split("/")[-1]
+        assert sorted(p.name for p in folder.iterdir()) == ["l0.0018", "l0.0067", "l0.025", "l0.0483"]
+        # each trial's runs trained on tune-train, validated on tune-val (their records say so)
+        from feds_lab.checkpoint import read_record
+
+        assert read_record(folder / "l0.0067" / "model.safetensors")["budget"]["train_split"] == "tune-train"
+        assert len(t.user_attrs["points"]) == 4
+    # resume: same storage, same target -> nothing new; a larger target adds exactly one trial
+    again = Search(cfg).run(2, log=lambda m: None)
+    assert len(again.trials) == 2
+    more = Search(cfg).run(3, log=lambda m: None)
+    assert len([t for t in more.trials if t.state.is_finished()]) == 3
+    path = write_summary(search, more, log=lambda m: None)
+    s = json.loads(path.read_text())
+    assert s["complete"] + sum(r["state"] == "PRUNED" for r in s["trials"]) == 3
+    assert (path.parent / "tune_search.png").stat().st_size > 1000
+    assert (path.parent / "best.yaml").exists() == bool(s["complete"])
