@@ -28,11 +28,19 @@ from torch.utils.data import Dataset
 
 from .errors import FedsLabError, ImageReadError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm")
-SPLITS = ("train", "val", "all")
+#: Image files read from data folders. GIF is read (frame 1 of an animated one, with a note);
+#: a multi-frame file of any format codes its first frame, and read_image says so.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".gif")
+SPLITS = ("train", "val", "all", "tune-train", "tune-val")
+#: The tuning splits: ``train`` cut once more, so that a hyper-parameter search (``feds-lab tune``)
+#: measures on images that neither its runs train on nor the reported evaluation (``val``) uses.
+TUNE_SPLITS = {"tune-train": "train", "tune-val": "val"}
 
 #: Default share of a folder's images held out for validation (ours; see :func:`split_files`).
 VAL_FRACTION = 0.1
+#: Share of the ``train`` split held out as ``tune-val`` (ours: 6 of the 44 training photographs
+#: of a 49-image folder).
+TUNE_FRACTION = 0.125
 
 # --- the built-in set ---------------------------------------------------------------------------
 #: The colour photographs scikit-image ships inside its package (read straight from its data folder,
@@ -88,7 +96,8 @@ def to_rgb_uint8(im: Image.Image, notes: list[str] | None = None, name: str = "i
 def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor:
     """Decode an image file to a (3, H, W) uint8 RGB tensor; any failure names the file.
 
-    EXIF orientation is applied; conversions (see :func:`to_rgb_uint8`) are appended to ``notes``.
+    EXIF orientation is applied; conversions (see :func:`to_rgb_uint8`) are appended to ``notes``,
+    and so is a note that only frame 1 of an animated GIF (or any multi-frame file) is read.
     """
     path = Path(path)
     if not path.is_file():
@@ -97,7 +106,11 @@ def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                frames = getattr(im, "n_frames", 1)
                 im.load()
+                if frames > 1 and notes is not None:
+                    kind = "animated GIF" if im.format == "GIF" else f"multi-frame {im.format or 'image'}"
+                    notes.append(f"{path}: {kind} with {frames} frames: only frame 1 is read")
                 im = ImageOps.exif_transpose(im)
                 arr = to_rgb_uint8(im, notes, name=str(path))
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, bomb warnings ...
@@ -332,7 +345,8 @@ def split_files(files: Sequence, split: str, val_fraction: float = VAL_FRACTION)
 
     ``n_val = round(n * val_fraction)`` (at least 1, at most n - 1) items at evenly spaced
     positions ``floor((k + 1/2) * n / n_val)`` go to ``val``, the rest to ``train``; ``all`` keeps
-    everything. It depends on the sorted names only (no seed), so teacher, student and baseline
+    everything; ``tune-train``/``tune-val`` split ``train`` again with :data:`TUNE_FRACTION`, the
+    same rule. It depends on the sorted names only (no seed), so teacher, student and baseline
     runs always validate on the same images. E.g. 24 files, fraction 0.1: positions 6 and 18 (0-based).
     """
     if split not in SPLITS:
@@ -340,6 +354,8 @@ def split_files(files: Sequence, split: str, val_fraction: float = VAL_FRACTION)
     files = list(files)
     if split == "all":
         return files
+    if split in TUNE_SPLITS:  # the same rule, applied to the train split
+        return split_files(split_files(files, "train", val_fraction), TUNE_SPLITS[split], TUNE_FRACTION)
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     n = len(files)
@@ -383,6 +399,8 @@ def _builtin_split_uint8(split: str) -> list[tuple[str, torch.Tensor]]:
     images = _builtin_uint8()
     if split == "all":
         return list(images)
+    if split in TUNE_SPLITS:
+        return split_files(_builtin_split_uint8("train"), TUNE_SPLITS[split], TUNE_FRACTION)
     return [(n, img) for n, img in images if (n in BUILTIN_VAL) == (split == "val")]
 
 

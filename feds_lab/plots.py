@@ -363,3 +363,88 @@ def feature_alignment_by_tap(runs: dict[str, str | Path], title: str = "Feature-
     axes[0][0].set_ylabel("attention-weighted MSE (adapted student vs teacher)")
     fig.suptitle(title)
     return fig
+
+
+# --- the balance of the loss terms (issue 13): read before trusting any distillation result ---------
+BALANCE_TERMS = (("rd", "L_RD"), ("w_feat", "α·L_feat"), ("w_ent", "β·L_ent"), ("w_out", "γ·L_out"))
+
+
+def loss_balance(runs: dict[str, str | Path], title: str = "Loss balance by stage") -> Figure:
+    """Per run (one column each): top, each term's value as it enters the loss (L_RD; coefficient
+    times term); bottom, each term's gradient norm on the student's weights (the ``grad`` lines of
+    metrics.jsonl), stages shaded. A distillation term whose gradient dwarfs L_RD's steers the
+    student away from its own rate-distortion optimum; one far below it does nothing."""
+    data = _read_runs(runs)
+    data = {k: v for k, v in data.items() if any(r.get("kind") == "grad" for r in v)} or data
+    n = max(1, len(data))
+    fig = Figure(figsize=(4.8 * n, 6.5), layout="constrained")
+    axes = fig.subplots(2, n, squeeze=False, sharex="col")
+    for col, (label, rows) in enumerate(data.items()):
+        tr = [r for r in rows if r.get("kind") == "train"]
+        gr = [r for r in rows if r.get("kind") == "grad"]
+        ax_v, ax_g = axes[0][col], axes[1][col]
+        for ax in (ax_v, ax_g):
+            if tr:
+                _shade_stages(ax, tr)
+        steps = [r["step"] for r in tr]
+        ax_v.plot(steps, _smooth([r.get("rd_loss", r["loss"]) for r in tr]), color="C0", label="L_RD")
+        for j, (key, name) in enumerate(BALANCE_TERMS[1:], start=1):
+            term = key[2:]
+            pts = [(r["step"], r[key] * r[f"{term}_loss"]) for r in tr if key in r and f"{term}_loss" in r]
+            if pts:
+                s, v = zip(*pts)
+                ax_v.plot(s, _smooth(v), color=f"C{j}", label=name)
+        for j, (key, name) in enumerate(BALANCE_TERMS):
+            pts = [(r["step"], r[key]) for r in gr if key in r and r[key] > 0]
+            if pts:
+                s, v = zip(*pts)
+                ax_g.plot(s, v, "o-", ms=2.5, lw=1, color=f"C{j}", label=f"‖∇ {name}‖")
+        ax_v.set(title=label, ylabel="term in the loss", yscale="log")
+        ax_g.set(xlabel="step", ylabel="gradient norm, student weights", yscale="log")
+        for ax in (ax_v, ax_g):
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        if not gr:
+            ax_g.text(0.5, 0.5, "no gradient norms logged\n(no distillation, or grad_log_every=0)",
+                      ha="center", va="center", transform=ax_g.transAxes, fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
+def tune_figure(summary: dict[str, Any], title: str = "FEDS search on tune-val") -> Figure:
+    """A search (feds_lab.training.tune.summary): left, each trial's BD-rate against scratch and the
+    best so far; middle, PSNR gain at matched rate of every trial, pruned ones included; right,
+    parameter importances (when the search has enough finished trials)."""
+    rows = summary["trials"]
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    ax_h, ax_g, ax_i = fig.subplots(1, 3)
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"] is not None]
+    if done:
+        xs, ys = [r["number"] for r in done], [r["value"] for r in done]
+        ax_h.plot(xs, ys, "o", color="C0", label="trial")
+        ax_h.plot(xs, np.minimum.accumulate(ys), "-", color="C3", label="best so far")
+        ax_h.axhline(0, color="k", lw=0.8)
+        ax_h.legend(fontsize=8)
+    ax_h.set(xlabel="trial", ylabel="BD-rate vs scratch (%), lower is better", title="objective")
+    for state, marker, colour in (("COMPLETE", "o", "C0"), ("PRUNED", "x", "C7")):
+        pts = [(r["number"], r["psnr_gain"]) for r in rows if r["state"] == state and r["psnr_gain"] is not None]
+        if pts:
+            ax_g.plot(*zip(*pts), marker, color=colour, label=state.lower())
+    ax_g.axhline(0, color="k", lw=0.8)
+    ax_g.set(xlabel="trial", ylabel="PSNR gain at matched rate (dB)", title="against scratch, tune-val")
+    if ax_g.get_legend_handles_labels()[0]:
+        ax_g.legend(fontsize=8)
+    imp = summary.get("importances") or {}
+    if imp:
+        names = list(imp)[::-1]
+        ax_i.barh(names, [imp[n] for n in names], color="C2")
+        ax_i.set(xlabel="importance (Optuna, PED-ANOVA)", title="which settings matter")
+    else:
+        ax_i.text(0.5, 0.5, "too few finished trials\nfor importances", ha="center", va="center",
+                  transform=ax_i.transAxes)
+        ax_i.set_axis_off()
+    for ax in (ax_h, ax_g):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig

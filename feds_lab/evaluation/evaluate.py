@@ -229,6 +229,7 @@ def evaluate_model(
     name: str | None = None,
     description: str = "",
     progress: bool = False,
+    warmup: bool = True,
 ) -> dict[str, Any]:
     """Code every image through ``feds_lab.coding`` and measure it.
 
@@ -238,7 +239,8 @@ def evaluate_model(
     ``bpp-streams`` (the streams without the ``.feds`` header), ``psnr-rgb``, ``ms-ssim-rgb``,
     ``ms-ssim-rgb-db``, ``encoding_time`` and ``decoding_time`` (seconds); ``mean`` as
     :func:`summarize` computes it. Times are measured after one untimed warm-up coding
-    of the first image (first calls pay for allocations and lazy set-up).
+    of the first image (first calls pay for allocations and lazy set-up; ``warmup=False`` skips
+    it, e.g. for validation during training, where the times are not read).
     """
     if not images:
         raise ResultsError("no images to evaluate")
@@ -248,9 +250,10 @@ def evaluate_model(
     if name is None:
         name = "-".join(str(config[k]) for k in ("family", "role", "preset") if k in config) or type(model).__name__
 
-    with torch.no_grad():
-        x0 = images[0][1].to(device)
-        coding.decode(model, coding.encode(model, x0).data)  # warm-up, untimed
+    if warmup:
+        with torch.no_grad():
+            x0 = images[0][1].to(device)
+            coding.decode(model, coding.encode(model, x0).data)  # warm-up, untimed
 
     rows = []
     for img_name, x in tqdm(images, desc=f"eval {name}", disable=not progress, leave=False):
