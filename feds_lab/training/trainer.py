@@ -183,7 +183,7 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
                 metrics.append({"step": done, "stage": run.stage.value, "kind": "grad", **grads})
             if dd.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
                 record = {"step": done, "stage": run.stage.value, "kind": "train", **run.window.means(),
-                          **{f"w_{t}": w for t, w in weights.at(step).items()},
+                          **{f"w_{t}": w for t, w in weights.at(step).items() if t in active},
                           "lr": lr, "skipped": run.skipped, "seconds": _since(t0)}
                 metrics.append(record)
                 bar.set_postfix(_postfix(record), refresh=False)
