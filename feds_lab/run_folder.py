@@ -28,7 +28,8 @@ NOTEBOOKS = ("01_teacher_training", "02_channel_entropy", "03_distillation", "04
 #: Figures copied to the repository's figures/ folder after a run (from runs/<name>/figures/).
 KEY_FIGURES = (
     "teacher_training_curves.png", "channel_entropy_heatmap.png", "channel_weights.png",
-    "distillation_curves.png", "feature_alignment_by_tap.png", "rd_psnr.png", "rd_ms_ssim.png", "bd_rate_table.png",
+    "distillation_curves.png", "loss_balance.png", "feature_alignment_by_tap.png", "rd_psnr.png", "rd_ms_ssim.png",
+    "bd_rate_table.png", "tune_search.png",
 )
 
 PIPELINE_FILE = "pipeline.yaml"
@@ -38,6 +39,8 @@ PARAMS_SPEED_FILE = "params_speed.csv"
 TEACHER_RESULTS_FILE = "teacher.json"
 ANCHORS_DIR = "anchors"
 REPORT_INDEX = "index.html"
+TUNE_DIR = "tune"  # feds-lab tune: optuna.db, summary.json, best.yaml, tune_search.png, trial-*/
+TUNE_SUMMARY_FILE = "summary.json"
 
 #: The files of one training run (teacher/l<λ>/, student/<variant>/l<λ>/), owned by feds_lab.training.state.
 _TRAINING_RUN_FILES = ("CONFIG_FILE", "METRICS_FILE", "MODEL_FILE", "STATE_FILE")
@@ -135,6 +138,15 @@ class RunLayout:
 
     def anchor_results(self, codec: str) -> Path:
         return self.anchors / anchor_results_name(codec)
+
+    # --- the search (feds-lab tune) --------------------------------------------------------------
+    @property
+    def tune(self) -> Path:
+        return self.root / TUNE_DIR
+
+    @property
+    def tune_summary(self) -> Path:
+        return self.tune / TUNE_SUMMARY_FILE
 
     # --- figures and report --------------------------------------------------------------------
     @property

@@ -26,7 +26,15 @@
 # 2. **Channel-level distillation**: $\mathcal{L}_{RD} + \alpha\,\mathcal{L}_{feat} + \beta\,\mathcal{L}_{ent}$, with a 1×1
 #    adapter $P$ from the student's latent to the teacher's and the channel weights $w$ of notebook 02:
 #    $$\mathcal{L}_{ent} = \frac{1}{M_T}\sum_c w_c \cdot \operatorname{mean}\big((P(y_S)_c - y_{T,c})^2\big)$$
-# 3. **Fine-tuning**: $\mathcal{L}_{RD}$ alone at a lower learning rate; the adapters are dropped.
+# 3. **Fine-tuning**: $\mathcal{L}_{RD}$ alone (at `finetune_lr_factor` times the schedule's rate); the adapters are dropped.
+#
+# **Scale (ours, issue 13).** On raw activations these terms have no fixed ratio to $\mathcal{L}_{RD}$, so
+# $\alpha = \beta = 1$ means nothing. The options: `feature_norm` / `latent_norm = "channel"` standardise
+# both sides per image and channel (the error becomes $1 - \rho$, Pearson's correlation, as in PKD);
+# `output_scale = "distortion"` writes output distillation as a share of the distortion term,
+# $\gamma\,\lambda\,255^2\,\mathrm{MSE}(\hat x_S, \hat x_T)$; `balance = "grad"` makes $\alpha, \beta, \gamma$ each term's
+# gradient norm as a share of $\mathcal{L}_{RD}$'s; `ramp` lowers the distillation weights to 0 by the end of
+# stage 2; `clip_mode = "separate"` clips $\mathcal{L}_{RD}$'s gradient as the baseline's is clipped.
 #
 # **The baseline.** The same student trained from scratch on $\mathcal{L}_{RD}$ for the same number of steps.
 # Without it no claim about distillation can be judged.
@@ -79,6 +87,21 @@ plots.save_figure(fig, layout.figure("distillation_curves.png"))
 fig
 
 # %% [markdown]
+# ## The balance of the terms: read this before trusting any distillation result
+#
+# Top: each term as it enters the loss ($\mathcal{L}_{RD}$, and coefficient × term). Bottom: each term's
+# gradient norm on the student's weights (logged every `grad_log_every` steps). A distillation gradient
+# far above $\mathcal{L}_{RD}$'s steers the student away from its own rate-distortion optimum; one far
+# below it does nothing.
+
+# %%
+distilled = [v for v in cfg.variants if cfg.train_config("student", cfg.lambdas[0], variant=v).distills]
+fig = plots.loss_balance({f"{v} λ={l:g}": layout.student(v, l) for v in distilled[:2] for l in cfg.lambdas[1:3]},
+                         title=f"Loss balance ({cfg.budget_label('student')})")
+plots.save_figure(fig, layout.figure("loss_balance.png"))
+fig
+
+# %% [markdown]
 # ## Feature-alignment error by tap
 #
 # How well the adapted student features match the teacher's, per tapped stage, during stages 1-2.
@@ -97,5 +120,9 @@ fig
 # - **Temperature** `tau` and weighting `linear` / `topk` (no adapter: student channel $j$ copies the
 #   teacher's $j$-th most informative channel).
 # - **Cross-family** distillation: `family="transformer", student_family="cnn"`.
-# - **Longer budgets** (`student_steps`): distillation's benefit, if any, should show as a lower
-#   $\mathcal{L}_{RD}$ than the baseline at the same step.
+# - **Longer budgets** (`student_steps`): judge distillation on the rate-distortion plane (notebook 04's
+#   BD-rate against the baseline), not by a lower $\mathcal{L}_{RD}$ at one λ: at a few hundred steps a
+#   student has not reached its λ's operating point (METHOD.md).
+# - **Search** the settings instead of guessing: `feds-lab tune --config <pipeline.yaml> --trials N` trains
+#   FEDS ladders on `tune-train`, measures them on `tune-val` (never the images notebook 04 reports) by
+#   BD-rate against the scratch ladder, and notebook 04 shows what it found.

@@ -119,6 +119,30 @@ ps.to_csv(layout.params_speed, index=False)
 ps.round(3)
 
 # %% [markdown]
+# ## The search behind the settings (when `feds-lab tune` ran on this run folder)
+#
+# `feds-lab tune` trains FEDS ladders on the `tune-train` split and measures each trial by its BD-rate
+# against the scratch ladder on `tune-val`; the images above (the `val` split, or your `eval_data`) took no
+# part in it. Left: each trial's objective and the best so far; middle: PSNR gain at matched rate, pruned
+# trials included; right: which settings mattered.
+
+# %%
+import json
+
+if layout.tune_summary.exists():
+    search = json.loads(layout.tune_summary.read_text())
+    fig = plots.tune_figure(search, title=f"FEDS search on tune-val ({cfg.budget_label('student')})")
+    plots.save_figure(fig, layout.figure("tune_search.png"))
+    display(fig)
+    import pandas as pd
+
+    trials = pd.DataFrame([{"trial": t["number"], "state": t["state"], "BD-rate vs scratch (%)": t["value"],
+                            "PSNR gain (dB)": t["psnr_gain"], **t["params"]} for t in search["trials"]])
+    display(trials.sort_values("BD-rate vs scratch (%)").round(3))
+else:
+    print(f"no search in this run folder ({layout.tune_summary} is missing)")
+
+# %% [markdown]
 # ## Things to try
 #
 # - **Your own evaluation set** (`eval_data="/path/to/kodak"`, `eval_split="all"`): Kodak's 24 images at

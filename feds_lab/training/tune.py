@@ -118,7 +118,7 @@ class Search:
             raise TuneError(f"a search needs four lambdas or more (a BD-rate needs four points), got {self.pcfg.lambdas}")
         if "feds" not in self.pcfg.variants or "scratch" not in self.pcfg.variants:
             raise TuneError("the pipeline config needs a 'feds' and a 'scratch' variant")
-        self.root = self.pcfg.run_dir / "tune"
+        self.root = self.pcfg.layout.tune
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage or f"sqlite:///{(self.root / 'optuna.db').resolve()}"
         self.study_name = study_name or f"{self.pcfg.name}-feds"
@@ -279,7 +279,7 @@ def write_summary(search: Search, study, log=print) -> Path:
     from ..plots import tune_figure
 
     s = summary(study)
-    path = search.root / "summary.json"
+    path = search.pcfg.layout.tune_summary
     path.write_text(json.dumps(s, indent=2, default=str))
     if "best" in s:
         (search.root / "best.yaml").write_text(yaml.safe_dump(s["best"]["settings"], sort_keys=False))
