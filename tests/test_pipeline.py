@@ -35,7 +35,7 @@ def test_pipeline_writes_everything(pipeline_run):
         # the executed copy got the run folder, and read the pipeline's parameters from its pipeline.yaml
         injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
         assert injected and f'run_dir = "{run.resolve()}"' in "".join(injected[0]["source"])
-        printed = "".join(o.get("text", "") for c in nb["cells"] for o in c.get("outputs", []))
+        printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
         assert "teacher steps 6, student steps 6" in printed, name
         # every notebook shows its figures (not "<Figure size ...>" text): in JupyterLab and in the report
         images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
