@@ -8,8 +8,8 @@ and crops back to the original size.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,8 @@ from PIL import Image
 
 from .bitstream import Bitstream, shape_from_json
 from .checkpoint import fingerprint
-from .errors import BitstreamError
+from .errors import BitstreamError, CodingError, FedsLabError, OutputError, one_line
+from .io import atomic_write
 from .models.entropy import PAD_MULTIPLE
 
 
@@ -47,33 +48,29 @@ def tensor_to_pil(x: torch.Tensor) -> Image.Image:
     return Image.fromarray(a, "RGB")
 
 
+#: File name extensions a decoded image can be written as, and the Pillow format of each.
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP",
+                 ".bmp": "BMP", ".ppm": "PPM"}
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """The Pillow format for an output image's name; an unknown extension is an :class:`OutputError`."""
+    ext = Path(path).suffix.lower()
+    if ext not in IMAGE_FORMATS:
+        raise OutputError(f"{path}: cannot tell the image format from {ext or 'a name without extension'!r}; "
+                          f"use one of {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[ext]
+
+
 def save_image(x: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Write an image atomically, in the format its extension names, with the umask's file mode."""
     path = Path(path)
-    _atomic_write(path, lambda f: tensor_to_pil(x).save(f, format=_pil_format(path)))
-    return path
-
-
-def _pil_format(path: Path) -> str:
-    ext = path.suffix.lower().lstrip(".")
-    return {"jpg": "JPEG", "jpeg": "JPEG", "tif": "TIFF", "tiff": "TIFF", "webp": "WEBP", "bmp": "BMP", "ppm": "PPM"}.get(ext, "PNG")
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    fmt = image_format(path)
+    return atomic_write(path, lambda f: tensor_to_pil(x).save(f, format=fmt))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    path = Path(path)
-    _atomic_write(path, lambda f: f.write(data))
-    return path
+    return atomic_write(path, data)
 
 
 # --- padding -------------------------------------------------------------------------------------
@@ -130,32 +127,215 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: Latent values beyond this magnitude (or non-finite ones) are refused: CompressAI's C++ coder
+#: loops for ever on the integer a NaN becomes, and no trained codec's latent comes near 2**20.
+LATENT_LIMIT = float(1 << 20)
+
+
+def _entropy_models(model: torch.nn.Module):
+    from compressai.entropy_models import EntropyModel
+
+    return [m for m in model.modules() if isinstance(m, EntropyModel)]
+
+
+def _check_latent(t: torch.Tensor, what: str, error=CodingError) -> None:
+    if t.numel() and (not bool(torch.isfinite(t).all()) or float(t.abs().max()) > LATENT_LIMIT):
+        raise error(f"{what} holds non-finite or absurd values (beyond {LATENT_LIMIT:g}); "
+                    "the model's weights are broken or the data is not what it claims")
+
+
+@contextlib.contextmanager
+def _guarded_compress(model: torch.nn.Module):
+    """Check every tensor handed to an entropy coder (latents, means, scales) before the C++ coder sees it."""
+    patched = []
+    for m in _entropy_models(model):
+        def checked(*args, _orig=m.compress, **kwargs):
+            for t in (*args, *kwargs.values()):
+                if isinstance(t, torch.Tensor) and t.is_floating_point():
+                    _check_latent(t, "the latent this image gives")
+            return _orig(*args, **kwargs)
+
+        m.__dict__["compress"] = checked
+        patched.append(m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            m.__dict__.pop("compress", None)
+
+
 @torch.no_grad()
 def encode(model: torch.nn.Module, x: torch.Tensor) -> EncodeResult:
     """Compress one image (1, 3, H, W) in [0, 1] to a ``.feds`` file's bytes.
 
     The model must have been ``update()``-d (checkpoints from :mod:`feds_lab.checkpoint` are).
+    Non-finite or absurd latents are refused (:class:`CodingError`) before the entropy coder runs.
     """
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"encode takes one RGB image (1, 3, H, W), got {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise CodingError("the image holds non-finite values")
     device = next(model.parameters()).device
     fp = fingerprint(model)
     h, w = x.shape[-2:]
     _sync(device)
     t0 = time.perf_counter()
     xp, _ = pad_image(x.to(device))
-    out = model.compress(xp)
+    with _guarded_compress(model):
+        out = model.compress(xp)
     streams = [s[0] for s in out["strings"]]
     data = Bitstream(fp, h, w, streams, out["shape"]).to_bytes()
     _sync(device)
     return EncodeResult(data, h, w, time.perf_counter() - t0, sum(map(len, streams)))
 
 
+# --- what a model's streams look like, for any image size ----------------------------------------
+
+@dataclass
+class _Layout:
+    """The latent shapes and stream count ``model.compress`` gives, as a function of the padded size.
+
+    Each number in the shapes is ``c0 + ch * Hp/64 + cw * Wp/64`` (channels: ``ch = cw = 0``; heights
+    and widths: proportional), measured from three small encodes and checked on a fourth.
+    """
+
+    template: Any  # the shape structure, each number replaced by (c0, ch, cw)
+    streams: int
+    latent_per_block: int  # latent elements per 64x64 block (y), a bound on any stream's symbols
+    synthesis_floats_per_pixel: float  # a bound on the synthesis transform's working memory
+
+    def shape(self, hp: int, wp: int) -> Any:
+        a, b = hp // PAD_MULTIPLE, wp // PAD_MULTIPLE
+
+        def build(t):
+            if isinstance(t, dict):
+                return {k: build(v) for k, v in t.items()}
+            if isinstance(t, list):
+                return [build(v) for v in t]
+            c0, ch, cw = t
+            return c0 + ch * a + cw * b
+
+        return build(self.template)
+
+
+def _synthesis_module(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    own = getattr(model, name, None)
+    if isinstance(own, torch.nn.Module):
+        return own
+    for path, m in model.named_modules():
+        if path.endswith("." + name):
+            return m
+    return None
+
+
+def _layout(model: torch.nn.Module) -> _Layout | None:
+    """The model's stream layout; None when it is not linear in the size. It depends on the architecture
+    alone, so it is cached per model and architecture (not per weight: training changes those)."""
+    import json
+
+    from .bitstream import _plain
+
+    fp = json.dumps(getattr(model, "config", {}), sort_keys=True, default=str) + repr(
+        [(k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table"))])
+    cached = getattr(model, "_feds_layout", None)
+    if cached is not None and cached[0] == fp:
+        return cached[1]
+    device = next(model.parameters()).device
+    g_a = _synthesis_module(model, "g_a")
+    seen: dict[str, int] = {}
+    hook = g_a.register_forward_hook(lambda _m, _i, out: seen.__setitem__("y", out.numel())) if g_a is not None else None
+    probes = {}
+    try:
+        with torch.no_grad(), _guarded_compress(model):
+            for a, b in ((1, 1), (2, 1), (1, 2), (2, 2)):
+                x = torch.full((1, 3, a * PAD_MULTIPLE, b * PAD_MULTIPLE), 0.5, device=device)
+                out = model.compress(x)
+                probes[a, b] = (_plain(out["shape"]), len(out["strings"]))
+                if (a, b) == (1, 1):
+                    per_block = seen.get("y", 0)
+    finally:
+        if hook is not None:
+            hook.remove()
+
+    def fit(s11, s21, s12, s22):
+        if isinstance(s11, dict):
+            if not (isinstance(s21, dict) and s11.keys() == s21.keys() == s12.keys() == s22.keys()):
+                raise _NotLinear
+            return {k: fit(s11[k], s21[k], s12[k], s22[k]) for k in s11}
+        if isinstance(s11, list):
+            if not (isinstance(s21, list) and len(s11) == len(s21) == len(s12) == len(s22)):
+                raise _NotLinear
+            return [fit(*v) for v in zip(s11, s21, s12, s22)]
+        ch, cw = s21 - s11, s12 - s11
+        c0 = s11 - ch - cw
+        if c0 + 2 * ch + 2 * cw != s22:
+            raise _NotLinear
+        return (c0, ch, cw)
+
+    try:
+        template = fit(*(probes[k][0] for k in ((1, 1), (2, 1), (1, 2), (2, 2))))
+        counts = {probes[k][1] for k in probes}
+        if len(counts) != 1:
+            raise _NotLinear
+    except _NotLinear:
+        layout = None
+    else:
+        channels = dict(getattr(model, "config", {}).get("feature_channels") or {})
+        strides = {"gs1": 8, "gs2": 4, "gs3": 2}
+        widest = max([channels.get(k, 192) / strides[k] ** 2 for k in strides] or [48.0])
+        layout = _Layout(template, counts.pop(), max(per_block, 1), 4 * widest + 6)
+    object.__setattr__(model, "_feds_layout", (fp, layout))
+    return layout
+
+
+class _NotLinear(Exception):
+    pass
+
+
+def _available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable, and the address-space limit's headroom."""
+    import resource
+
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            limits.append(soft - vm)
+    except (OSError, ValueError, StopIteration):
+        pass
+    return min(limits) if limits else None
+
+
 @torch.no_grad()
 def decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
-    """Decode a ``.feds`` file's bytes with the model that wrote it."""
+    """Decode a ``.feds`` file's bytes with the model that wrote it.
+
+    Before the entropy decoder runs: the container is checked (:meth:`Bitstream.from_bytes`), the
+    fingerprint must be the model's, the latent shapes and the stream count must be exactly those
+    the model gives for the declared image size, and the memory the decode needs (bounded by that
+    size) must be available. During it: the decoded latent must be finite and bounded before the
+    synthesis transform runs. After it: the image must be finite and of the declared size. Only
+    :class:`~feds_lab.errors.FedsLabError` leaves this function.
+    """
+    try:
+        return _decode(model, data)
+    except FedsLabError:
+        raise
+    except MemoryError:
+        raise BitstreamError("not enough memory to decode this file") from None
+    except Exception as e:
+        raise BitstreamError(f"the streams do not decode with this model ({type(e).__name__}: {one_line(e)})") from None
+
+
+def _decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
     bs = Bitstream.from_bytes(data)
     fp = fingerprint(model)
     if bs.fingerprint != fp:
@@ -163,25 +343,58 @@ def decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
             f"this file was written by another model (fingerprint {bs.fingerprint}); "
             f"the checkpoint given has fingerprint {fp}"
         )
-    shape = shape_from_json(bs.shape)
-    _check_shape(shape, bs.height, bs.width)
+    ph, pw = (-bs.height) % PAD_MULTIPLE, (-bs.width) % PAD_MULTIPLE
+    hp, wp = bs.height + ph, bs.width + pw
     device = next(model.parameters()).device
+    layout = _layout(model)
+    streams = bs.streams
+    if layout is not None:
+        expected = layout.shape(hp, wp)
+        if bs.shape != expected or len(bs.streams) != layout.streams:
+            raise BitstreamError(f"the header's latent shapes {bs.shape} ({len(bs.streams)} streams) are not this "
+                                 f"model's for a {bs.width}x{bs.height} image ({expected}, {layout.streams} streams)")
+        need = int(hp * wp * 4 * layout.synthesis_floats_per_pixel)
+        free = _available_memory() if device.type == "cpu" else None
+        if free is not None and need > free:
+            raise BitstreamError(f"decoding this {bs.width}x{bs.height} image needs about {need / 2**30:.1f} GiB; "
+                                 f"{max(free, 0) / 2**30:.1f} GiB are available")
+        # CompressAI's rANS decoder reads its string without bounds: a damaged stream makes it read on
+        # past the end. Zeros after each stream keep those reads inside our buffer (at most one word
+        # per symbol once the stream is spent; the symbol count is bounded by the declared size).
+        symbols = (hp // PAD_MULTIPLE) * (wp // PAD_MULTIPLE) * layout.latent_per_block
+        pad = bytes(8 * symbols + 1024)
+        streams = [s + pad for s in bs.streams]
+    else:
+        _check_shape(shape_from_json(bs.shape), bs.height, bs.width)
+    shape = shape_from_json(bs.shape)
+    g_s = _synthesis_module(model, "g_s")
+
+    def check_y_hat(_m, args):
+        if args and isinstance(args[0], torch.Tensor):
+            _check_latent(args[0], "the decoded latent", error=BitstreamError)
+
+    hook = g_s.register_forward_pre_hook(check_y_hat) if g_s is not None else None
     _sync(device)
     t0 = time.perf_counter()
     try:
-        x_hat = model.decompress([[s] for s in bs.streams], shape)["x_hat"]
-    except (RuntimeError, ValueError, AssertionError, IndexError) as e:
-        raise BitstreamError(f"the streams do not decode with this model ({type(e).__name__}: {e})") from None
-    ph, pw = (-bs.height) % PAD_MULTIPLE, (-bs.width) % PAD_MULTIPLE
-    if tuple(x_hat.shape[-2:]) != (bs.height + ph, bs.width + pw):
+        x_hat = model.decompress([[s] for s in streams], shape)["x_hat"]
+    except (RuntimeError, ValueError, AssertionError, IndexError, TypeError, KeyError) as e:
+        raise BitstreamError(f"the streams do not decode with this model ({type(e).__name__}: {one_line(e)})") from None
+    finally:
+        if hook is not None:
+            hook.remove()
+    if tuple(x_hat.shape[-2:]) != (hp, wp):
         raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header's {bs.height}x{bs.width}")
+    if not bool(torch.isfinite(x_hat).all()):
+        raise BitstreamError("the streams decode to non-finite pixels: the file is corrupted")
     x_hat = crop_image(x_hat, (0, pw, 0, ph)).clamp_(0, 1)
     _sync(device)
     return DecodeResult(x_hat.cpu(), time.perf_counter() - t0)
 
 
 def _check_shape(shape, h: int, w: int) -> None:
-    """No latent dimension may exceed the padded image: refuses headers that would allocate wildly."""
+    """No latent dimension may exceed the padded image: refuses headers that would allocate wildly
+    (the fallback for models whose stream layout is not linear in the image size)."""
     limit = max(h, w) + PAD_MULTIPLE
 
     def walk(s):
@@ -191,7 +404,7 @@ def _check_shape(shape, h: int, w: int) -> None:
         elif isinstance(s, tuple):
             for v in s:
                 walk(v)
-        elif not isinstance(s, int) or not 0 < s <= max(limit, 4096):
+        elif not isinstance(s, int) or not 0 < s <= limit:
             raise BitstreamError(f"implausible latent shape in the header: {shape}")
 
     walk(shape)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import FedsLabError
+from ..errors import FedsLabError, one_line
 
 
 def _user_errors(command: str) -> Callable:
@@ -31,7 +31,7 @@ def _user_errors(command: str) -> Callable:
             try:
                 fn(args)
             except (FedsLabError, ValueError) as err:
-                raise SystemExit(f"feds-lab {command}: error: {err}") from None
+                raise SystemExit(f"feds-lab {command}: error: {one_line(err, limit=500)}") from None
 
         return run
 

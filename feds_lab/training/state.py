@@ -8,8 +8,10 @@
       metrics.jsonl       one JSON object per line: {"step", "stage", "kind": "train"|"val", ...}
       model.safetensors   the final model and its record (feds_lab.checkpoint); present = finished
 
-``state.pt`` and ``model.safetensors`` are replaced atomically (temporary file in the same folder,
-fsync, ``os.replace``): a kill at any moment leaves either the old file or the new one.
+``state.pt`` and ``model.safetensors`` are replaced atomically (:func:`feds_lab.io.atomic_write`:
+temporary file in the same folder, fsync, ``os.replace``): a kill at any moment leaves either the old
+file or the new one, and at worst a stale temporary file, which :func:`clean_stale_temporaries`
+removes on resume. :func:`load_state` checks a state before the trainer uses any of it.
 The state holds tensors, dicts, lists, numbers and strings only, so ``torch.load(weights_only=True)``
 reads it and a stranger's file cannot run code.
 """
@@ -18,14 +20,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, TrainingStateError, one_line
+from ..io import atomic_write, stale_temporaries
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.pt"
@@ -35,33 +38,23 @@ RUN_FILES = (CONFIG_FILE, STATE_FILE, METRICS_FILE, MODEL_FILE)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it a normal file's mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part
+    (:func:`feds_lab.io.atomic_write`: fsynced, the umask's file mode)."""
+    atomic_write(path, data)
+
+
+def clean_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary files a killed write of a run file left in ``run_dir`` (``.state.pt.*.tmp``
+    and the like: a kill during ``save_state`` leaves one the size of the whole state). Call it when
+    a run resumes, before anything is written. Returns the files removed."""
+    removed = []
+    for tmp in stale_temporaries(run_dir, RUN_FILES):
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
@@ -70,18 +63,181 @@ def save_state(state: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a training state with ``weights_only=True``; a foreign or damaged file gives a clear error."""
+#: The largest state file read at all (a tiny model's is a few MB, the paper teacher's about 0.5 GB).
+MAX_STATE_BYTES = 8 << 30
+#: What the trainer reads from a state (trainer._training_state writes them), and their types.
+_KEYS = {"format": str, "step": int, "stage": str, "model": dict, "config": dict, "nonfinite": int, "skipped": int,
+         "seconds": (int, float), "window": dict, "adapters": dict, "optimizer": dict, "aux_optimizer": dict,
+         "rng": (list, tuple)}
+_OPTIONAL = {"scheduler": (dict, type(None)), "cuda_rng": (list, tuple, type(None)), "world_size": int}
+
+
+def _refusal(e: BaseException) -> str:
+    """torch's several-line message for a refused pickle, as one line."""
+    text = str(e)
+    for line in text.splitlines():
+        if "GLOBAL" in line or "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[-1].split(". Please use")[0]
+            return one_line(line) + " (the file holds Python objects that weights-only loading refuses to run)"
+    return f"{type(e).__name__}: {one_line(text)}"
+
+
+def load_state(path: Path, map_location: str | torch.device = "cpu", steps: int | None = None) -> dict[str, Any]:
+    """Read and check a training state; only :class:`~feds_lab.errors.TrainingStateError` (a
+    :class:`CheckpointError`) leaves it, with a one-line message.
+
+    Read with ``torch.load(weights_only=True)`` (no code runs; torch's warnings are silenced).
+    Checked: the keys and their types; ``step`` an integer in ``0..steps`` (``steps``: the run's
+    configured step count, when given) and within the state's own config; the config a valid
+    :class:`TrainConfig`; the model's tensors the names, shapes and dtypes of the model that config
+    builds (checked on the ``meta`` device: nothing is allocated); every floating-point tensor
+    (model, adapters, optimiser moments, loss window) finite; the stage a known stage; the RNG
+    states byte tensors of the right size.
+    """
+    path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return _load_state(path, map_location, steps)
+    except TrainingStateError:
+        raise
+    except CheckpointError as e:
+        raise TrainingStateError(f"training state {path}: {one_line(e)}{_ADVICE}") from None
+    except Exception as e:
+        raise TrainingStateError(f"cannot read the training state {path} ({_refusal(e)}){_ADVICE}") from None
+
+
+_ADVICE = "; start over with --fresh (or resume=False) or choose another run folder"
+
+
+def _load_state(path: Path, map_location, steps: int | None) -> dict[str, Any]:
+    def bad(msg: str) -> TrainingStateError:
+        return TrainingStateError(f"{path} is not a usable feds-lab training state: {msg}{_ADVICE}")
+
+    if not path.is_file():
+        raise bad("no such file")
+    if path.stat().st_size > MAX_STATE_BYTES:
+        raise bad(f"{path.stat().st_size} bytes, more than any state this package writes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated zips, disallowed globals
-        raise CheckpointError(
-            f"cannot read the training state {path} ({type(e).__name__}: {e}); "
-            "start over with --fresh (or resume=False) or choose another run folder"
-        ) from None
-    if not isinstance(state, dict) or "step" not in state or "model" not in state:
-        raise CheckpointError(f"{path} is not a feds-lab training state")
+        raise TrainingStateError(f"cannot read the training state {path} ({_refusal(e)}){_ADVICE}") from None
+    if not isinstance(state, dict):
+        raise bad(f"it holds a {type(state).__name__}, not a dict")
+    for key, kind in _KEYS.items():
+        if key not in state:
+            raise bad(f"no {key!r}")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise bad(f"{key!r} is a {type(state[key]).__name__}")
+    for key, kind in _OPTIONAL.items():
+        if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
+            raise bad(f"{key!r} is a {type(state[key]).__name__}")
+    if "format" in state and not state["format"].startswith("feds-lab-train-state/"):
+        raise bad(f"unknown format {state['format'][:40]!r}")
+
+    from .config import TrainConfig
+    from .stages import Stage
+
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+    except Exception as e:
+        raise bad(f"its config is not valid ({one_line(e)})") from None
+    step = state["step"]
+    if step < 0:
+        raise bad(f"step {step} is negative")
+    own_steps = getattr(cfg, "steps", None)
+    if isinstance(own_steps, int) and step > own_steps:
+        raise bad(f"step {step} is beyond its own config's {own_steps} steps")
+    if steps is not None and step > steps:
+        raise bad(f"step {step} is beyond this run's {steps} steps")
+    if "stage" in state and state["stage"] not in {s.value for s in Stage}:
+        raise bad(f"unknown stage {state['stage'][:40]!r}")
+    for key in ("nonfinite", "skipped"):
+        if key in state and state[key] < 0:
+            raise bad(f"{key!r} is negative")
+    if "seconds" in state and not (math.isfinite(state["seconds"]) and state["seconds"] >= 0):
+        raise bad("'seconds' is not a finite, non-negative number")
+    if "window" in state:
+        w = state["window"]
+        if not isinstance(w.get("n"), int) or isinstance(w.get("n"), bool) or w["n"] < 0 \
+                or not isinstance(w.get("sums"), dict):
+            raise bad("the loss window is malformed")
+        if not all(isinstance(k, str) and isinstance(v, torch.Tensor) and v.numel() == 1 for k, v in w["sums"].items()):
+            raise bad("the loss window's sums are not one number each")
+    _check_tensors(state, bad)
+    _check_model(state["model"], cfg, bad)
+    _check_optimizers(state, bad)
+    _check_rng(state, bad)
     return state
+
+
+def _check_tensors(state: dict[str, Any], bad) -> None:
+    """Every tensor anywhere in the state: finite when floating point, at most 2**31 elements."""
+    stack: list[tuple[str, Any, int]] = [("", state, 0)]
+    while stack:
+        where, v, depth = stack.pop()
+        if depth > 12:
+            raise bad(f"{where or 'the state'} is nested too deep")
+        if isinstance(v, torch.Tensor):
+            if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all()):
+                raise bad(f"non-finite values in {where}")
+        elif isinstance(v, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), x, depth + 1) for k, x in v.items())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((f"{where}[{i}]", x, depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, float) and not math.isfinite(v) and where.split(".")[-1] not in ("best", "last_epoch"):
+            raise bad(f"non-finite value in {where}")
+        elif not isinstance(v, (str, int, float, bool, type(None), torch.dtype, torch.device, torch.Size)):
+            raise bad(f"{where} holds a {type(v).__name__}")
+
+
+def _check_model(model_state: dict[str, Any], cfg, bad) -> None:
+    from ..checkpoint import _MetaBuild, check_compatible
+    from ..models import build_model
+
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model_state.items()):
+        raise bad("its model weights are not a dict of tensors")
+    try:
+        with _MetaBuild():
+            skeleton = build_model(cfg.role, preset=cfg.preset, family=cfg.family, **(cfg.model or {}))
+    except Exception as e:
+        raise bad(f"its config describes no model this package builds ({one_line(e)})") from None
+    try:
+        check_compatible(skeleton, model_state, source="training state")
+    except CheckpointError as e:
+        raise bad(one_line(e)) from None
+
+
+def _check_optimizers(state: dict[str, Any], bad) -> None:
+    for key in ("optimizer", "aux_optimizer"):
+        opt = state.get(key)
+        if opt is None:
+            continue
+        groups, per_param = opt.get("param_groups"), opt.get("state")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                   for g in groups) or not isinstance(per_param, dict):
+            raise bad(f"the {key} state is malformed")
+        ids = [p for g in groups for p in g["params"]]
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in ids) or len(set(ids)) != len(ids):
+            raise bad(f"the {key}'s parameter groups are malformed")
+        if not set(per_param) <= set(ids):
+            raise bad(f"the {key} holds moments of parameters it does not have")
+        for g in groups:
+            lr = g.get("lr")
+            if isinstance(lr, torch.Tensor):
+                lr = float(lr)
+            if lr is not None and (not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0):
+                raise bad(f"the {key}'s learning rate {lr!r} is not a finite, non-negative number")
+
+
+def _check_rng(state: dict[str, Any], bad) -> None:
+    size = torch.get_rng_state().numel()
+    for i, t in enumerate(state.get("rng") or []):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1 or t.numel() != size:
+            raise bad(f"RNG state {i} is not a {size}-byte tensor")
+    for i, t in enumerate(state.get("cuda_rng") or []):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.dim() != 1:
+            raise bad(f"CUDA RNG state {i} is not a byte tensor")
 
 
 class MetricsLog:
