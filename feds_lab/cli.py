@@ -24,8 +24,14 @@ from .errors import BitstreamError, CheckpointError, FedsLabError
 
 def _cmd_compress(args) -> None:
     from .checkpoint import load_model
-    from .coding import encode, load_image, write_bytes
+    from .coding import IMAGE_FORMATS, encode, load_image, write_bytes
+    from .errors import OutputError
+    from .io import check_output
 
+    out = Path(args.output or Path(args.image).with_suffix(".feds"))
+    if out.suffix.lower() in IMAGE_FORMATS or out.suffix.lower() in (".gif",):
+        raise OutputError(f"{out}: compress writes a .feds stream, not an image; name the output NAME.feds")
+    check_output(out, [args.image, args.model], force=args.force)  # before any work: never replaces an input
     notes: list[str] = []
     x = load_image(args.image, notes)
     for n in notes:
@@ -34,8 +40,7 @@ def _cmd_compress(args) -> None:
     model = load_model(args.model)
     t_load = time.perf_counter() - t0
     r = encode(model, x)
-    out = Path(args.output or Path(args.image).with_suffix(".feds"))
-    write_bytes(out, r.data)
+    write_bytes(check_output(out, [args.image, args.model], force=args.force), r.data)
     print(f"{out}: {len(r.data)} bytes, {r.width}x{r.height}, {r.bpp:.4f} bpp "
           f"(streams {r.stream_bpp:.4f} bpp), encode {r.seconds * 1000:.1f} ms (model load {t_load:.2f} s)")
 
@@ -61,24 +66,32 @@ def _find_model_for(fp: str, search: list[str]) -> Path:
     )
 
 
+def decoded_name(path: Path) -> Path:
+    """The default output of ``decompress``: ``photo.feds`` -> ``photo.decoded.png``, never the original's name."""
+    return path.with_name(f"{path.stem}.decoded.png")
+
+
 def _cmd_decompress(args) -> None:
     from .bitstream import Bitstream
     from .checkpoint import load_model
-    from .coding import decode, save_image
+    from .coding import decode, image_format, save_image
+    from .io import check_output
 
     path = Path(args.file)
     if not path.is_file():
         raise BitstreamError(f"{path}: no such file")
+    out = Path(args.output) if args.output else decoded_name(path)
+    fmt = image_format(out)  # an unknown extension is refused, not silently written as PNG
+    check_output(out, [path] + ([args.model] if args.model else []), force=args.force)
     data = path.read_bytes()
     bs = Bitstream.from_bytes(data)  # checks the container before any model is loaded
     model_path = args.model or _find_model_for(bs.fingerprint, args.search or ["runs", "."])
     model = load_model(model_path)
     r = decode(model, data)
-    out = Path(args.output or path.with_suffix(".png"))
-    save_image(r.x_hat, out)
+    save_image(r.x_hat, check_output(out, [path, model_path], force=args.force))
     bpp = 8 * len(data) / (bs.width * bs.height)
-    print(f"{out}: {bs.width}x{bs.height} from {len(data)} bytes ({bpp:.4f} bpp), decode {r.seconds * 1000:.1f} ms "
-          f"with {model_path}")
+    print(f"{out}: {fmt} image, {bs.width}x{bs.height} from {len(data)} bytes ({bpp:.4f} bpp), "
+          f"decode {r.seconds * 1000:.1f} ms with {model_path}")
 
 
 def _cmd_info(args) -> None:
@@ -121,14 +134,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="compress an image into a .feds file")
     c.add_argument("image")
     c.add_argument("-m", "--model", required=True, help="checkpoint (.safetensors)")
-    c.add_argument("-o", "--output", help="output file (default: IMAGE.feds)")
+    c.add_argument("-o", "--output", help="output file (default: IMAGE.feds; never the input)")
+    c.add_argument("-f", "--force", action="store_true", help="replace an existing output file")
     c.set_defaults(func=_cmd_compress)
 
     d = sub.add_parser("decompress", help="decode a .feds file into an image")
     d.add_argument("file")
     d.add_argument("-m", "--model", help="checkpoint that wrote the file (default: found by fingerprint)")
     d.add_argument("--search", action="append", help="folders searched for the checkpoint (default: runs/ and .)")
-    d.add_argument("-o", "--output", help="output image (default: FILE.png)")
+    d.add_argument("-o", "--output", help="output image: .png, .jpg, .webp, .tif, .bmp or .ppm "
+                   "(default: FILE.decoded.png, never the original's name)")
+    d.add_argument("-f", "--force", action="store_true", help="replace an existing output file")
     d.set_defaults(func=_cmd_decompress)
 
     i = sub.add_parser("info", help="print a checkpoint's record")
