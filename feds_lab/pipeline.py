@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import sys
 import time
@@ -43,6 +44,45 @@ _RUN_ONLY_FIELDS = ("name", "runs_dir", "figures_dir", "notebooks")
 
 class PipelineError(FedsLabError):
     """A notebook failed; the message names it and the failing cell's error."""
+
+
+def check_run_name(name: Any, runs_dir: Any = "runs") -> str:
+    """A run name is one plain folder name inside ``runs_dir``: no separators, no ``..``, not hidden."""
+    if not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") \
+            or any(c in name for c in "/\\\0") or len(name) > 200:
+        raise FedsLabError(f"run name {name!r} must be one folder name (letters, digits, '-', '_', '.'), "
+                           "without path separators or a leading '.'")
+    if not isinstance(runs_dir, str) or not runs_dir:
+        raise FedsLabError(f"runs_dir must be a folder name, got {runs_dir!r}")
+    root = Path(runs_dir).resolve()
+    if root not in (Path(runs_dir) / name).resolve().parents:
+        raise FedsLabError(f"run name {name!r} leads outside the runs folder {runs_dir}")
+    return name
+
+
+def _checked_steps(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+        raise FedsLabError(f"{key} must be a positive whole number of steps (or left out for the preset's), got {value!r}")
+    return int(value)
+
+
+def _checked_lambdas(values: Any) -> list[float]:
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or not values:
+        raise FedsLabError(f"lambdas must be a non-empty list of positive numbers, got {values!r}")
+    out = []
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise FedsLabError(f"lambdas: {v!r} is not a number") from None
+        if isinstance(v, bool) or not math.isfinite(f) or f <= 0:
+            raise FedsLabError(f"lambdas must be positive and finite, got {v!r}")
+        out.append(f)
+    if len(set(out)) != len(out):
+        raise FedsLabError(f"lambdas holds a value twice: {values!r}")
+    return sorted(out)
 
 
 @dataclass
@@ -84,6 +124,8 @@ class PipelineConfig:
         return cls().updated(values)
 
     def updated(self, values: dict[str, Any]) -> PipelineConfig:
+        if not isinstance(values, dict):
+            raise FedsLabError(f"pipeline parameters must be a mapping of name: value, got {type(values).__name__}")
         names = {f.name for f in dataclasses.fields(self)}
         bad = sorted(set(values) - names)
         if bad:
@@ -95,9 +137,19 @@ class PipelineConfig:
             raise FedsLabError(f"unknown preset {self.preset!r}; known: {list(PRESET_NAMES)}")
         budget = train_preset(self.preset)
         new = dataclasses.replace(self)
-        new.lambdas = sorted(float(v) for v in (self.lambdas or budget["lambdas"]))
-        new.teacher_steps = int(self.teacher_steps or budget["steps"])
-        new.student_steps = int(self.student_steps or budget["steps"])
+        check_run_name(self.name, self.runs_dir)
+        new.lambdas = _checked_lambdas(budget["lambdas"] if self.lambdas is None else self.lambdas)
+        # None is "the preset's"; 0 is not None (a zero or negative budget is an error, not a default)
+        new.teacher_steps = _checked_steps("teacher_steps", budget["steps"] if self.teacher_steps is None else self.teacher_steps)
+        new.student_steps = _checked_steps("student_steps", budget["steps"] if self.student_steps is None else self.student_steps)
+        for key in ("seed", "entropy_images"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if key == "entropy_images" else 0):
+                raise FedsLabError(f"{key} must be {'a positive' if key == 'entropy_images' else 'a non-negative'} "
+                                   f"integer, got {v!r}")
+        for key in ("train", "variants"):
+            if not isinstance(getattr(self, key), dict):
+                raise FedsLabError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         new.student_family = self.student_family or self.family
         for key in ("data", "eval_data"):
             path = getattr(new, key)
