@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test pipeline lab benchmarks clean
+.PHONY: setup test pipeline lab benchmarks busy-machine gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/size_speed.py
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/coding_overhead.py
+
+# a busy machine (issue 17): the demo's training step beside one busy process, against alone; run it
+# on an otherwise quiet machine (without OMP_NUM_THREADS: each setting sets its own)
+busy-machine: $(STAMP)
+	env -u OMP_NUM_THREADS -u MKL_NUM_THREADS $(PY) benchmarks/busy_machine.py
+
+# the GPU check (one JSON, under 10 minutes on one GPU); without a GPU its CPU fallback
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out runs/gpu_check.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

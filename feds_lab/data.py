@@ -438,6 +438,48 @@ def eval_images(
     """
     if _is_builtin(data):
         return [(name, to_float(img).unsqueeze(0)) for name, img in _builtin_split_uint8(split)]
+    if str(data) == BUILTIN_EVAL_SET:  # an evaluation-only set: every split is all of it
+        return builtin_eval_images()
     root = Path(data)
     files = split_files(list_images(root), split, val_fraction)
     return [(_relative_name(p, root), to_float(read_image(p)).unsqueeze(0)) for p in files]
+
+
+# --- the built-in evaluation set (issue 17) -------------------------------------------------------
+#: The demo's evaluation set: every photograph that ships with the installed packages and that no
+#: built-in training image is a view of (the two ``BUILTIN_VAL`` images, one from matplotlib, three
+#: gray-level ones from scikit-image), so that a bootstrap over images has more than 2 samples
+#: (6 images: 462 distinct resamples, against 3 for 2). Six different scenes, but not a balanced test
+#: set: three are gray-level photographs, coded as RGB with three equal channels (no chroma to
+#: code, so they cost fewer bits than colour ones), and all are small (0.12-0.31 megapixels).
+#: {name: (package, path inside it, source and licence as the package states them)}
+BUILTIN_EVAL = {
+    "coffee": ("skimage", "data/coffee.png", "scikit-image; Rachel Michetti, no copyright restrictions (CC0)"),
+    "rocket": ("skimage", "data/rocket.jpg", "scikit-image; SpaceX, public domain"),
+    "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg",
+                     "matplotlib sample data; U.S. Navy photograph of Grace Hopper, public domain"),
+    "camera": ("skimage", "data/camera.png", "scikit-image, gray-level; Lav Varshney, CC0"),
+    "coins": ("skimage", "data/coins.png",
+              "scikit-image, gray-level; Greek coins from Pompeii, Brooklyn Museum, no known copyright restrictions"),
+    "moon": ("skimage", "data/moon.png",
+             "scikit-image, gray-level; surface of the moon (scikit-image states no source or licence for it)"),
+}
+#: ``eval_data`` value naming that set (``PipelineConfig`` picks it for the built-in default)
+BUILTIN_EVAL_SET = "builtin-eval"
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_eval_uint8() -> tuple[tuple[str, torch.Tensor], ...]:
+    out = []
+    for name, (package, relative, _) in BUILTIN_EVAL.items():
+        path = Path(str(importlib.resources.files(package) / relative))
+        if not path.is_file():
+            raise DataError(f"the built-in evaluation image {name} is not at {path} (shipped inside the {package} "
+                            "package; nothing is downloaded)")
+        out.append((name, read_image(path)))  # gray-level files become RGB with three equal channels
+    return tuple(out)
+
+
+def builtin_eval_images() -> list[tuple[str, torch.Tensor]]:
+    """:data:`BUILTIN_EVAL` as [(name, (1, 3, H, W) float in [0, 1])], like :func:`eval_images`."""
+    return [(name, to_float(img).unsqueeze(0)) for name, img in _builtin_eval_uint8()]

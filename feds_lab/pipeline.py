@@ -97,7 +97,9 @@ class PipelineConfig:
     teacher_steps: int | None = None  #: None = the preset's steps
     student_steps: int | None = None  #: all three stages together; the scratch baseline gets the same
     data: str | None = None  #: training images: a folder, or None for scikit-image's bundled photographs
-    eval_data: str | None = None  #: evaluation images (e.g. Kodak); None = the validation split of `data`
+    #: evaluation images (e.g. Kodak); None = the validation split of `data`, or for the built-in photographs
+    #: their evaluation set "builtin-eval" (feds_lab.data.BUILTIN_EVAL, 6 images)
+    eval_data: str | None = None
     eval_split: str = "val"  #: split of eval_data to evaluate on: val | all
     runs_dir: str = "runs"
     seed: int = 0
@@ -151,13 +153,18 @@ class PipelineConfig:
             if not isinstance(getattr(self, key), dict):
                 raise FedsLabError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         new.student_family = self.student_family or self.family
+        if new.eval_data is None and new.data in (None, "builtin") and new.eval_split == "val":
+            # the built-in default evaluates on its evaluation set (data.BUILTIN_EVAL: 6 photographs none of
+            # the training images shows), not on its 2 validation images: a bootstrap needs more than 2
+            new.eval_data, new.eval_split = "builtin-eval", "all"  # = data.BUILTIN_EVAL_SET (no torch import here)
         for key in ("data", "eval_data"):
             path = getattr(new, key)
-            if path not in (None, "builtin") and not Path(path).is_dir():
+            if path in (None, "builtin") or (key == "eval_data" and path == "builtin-eval"):
+                continue
+            if not Path(path).is_dir():
                 raise FedsLabError(f"{key}: no such folder {path!r} (give a folder of images, or leave it out "
                                    "for the built-in photographs)")
-            if path not in (None, "builtin"):  # notebooks run in notebooks/: paths must not be relative
-                setattr(new, key, str(Path(path).resolve()))
+            setattr(new, key, str(Path(path).resolve()))  # notebooks run in notebooks/: paths must not be relative
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise FedsLabError(f"threads must be a positive integer or None, got {self.threads!r}")
         unknown = [n for n in new.notebooks if n not in NOTEBOOKS]
