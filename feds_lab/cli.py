@@ -114,6 +114,8 @@ def _cmd_families(args) -> None:
 #: the one-line help ``feds-lab --help`` shows; tests/test_workbench.py checks it is the parser's own).
 MOUNTED = {
     "train": ("feds_lab.training.cli", "add_train_parser", "train a teacher, a FEDS student or the scratch baseline"),
+    "tune": ("feds_lab.training.tune", "add_tune_parser",
+             "search the FEDS settings (Optuna) on the validation split, by BD-rate against scratch"),
     "eval": ("feds_lab.evaluation.cli", "add_eval_parser", "rate-distortion of checkpoints with real bitstreams"),
     "anchors": ("feds_lab.evaluation.cli", "add_anchors_parser",
                 "RD curves of the classical codecs (JPEG, WebP, AVIF, JPEG 2000) through Pillow"),

@@ -111,6 +111,9 @@ class PipelineConfig:
     #: warm-start each lambda's run from the previous (smaller) lambda's model of the same kind, as
     #: METHOD.md suggests for short budgets: every model then says so in its record (warm_start)
     warm_start_ladder: bool = True
+    #: where a teacher's warm start comes from: ``previous`` (the chain) or ``first`` (every lambda
+    #: from the smallest lambda's teacher, so that the later teachers can train side by side)
+    teacher_ladder: str = "previous"
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
     #: torch threads in every notebook kernel (evaluation, analysis) and in every training run whose
@@ -246,8 +249,11 @@ class PipelineConfig:
             values["threads"] = self.threads
         previous = [l for l in self.lambdas if l < lmbda]
         if self.warm_start_ladder and previous and "warm_start" not in values:
-            prev = (self.layout.teacher_model(previous[-1]) if role == "teacher"
-                    else self.layout.student_model(variant, previous[-1]))
+            if self.teacher_ladder not in ("previous", "first"):
+                raise FedsLabError(f"teacher_ladder must be 'previous' or 'first', got {self.teacher_ladder!r}")
+            source = previous[0] if role == "teacher" and self.teacher_ladder == "first" else previous[-1]
+            prev = (self.layout.teacher_model(source) if role == "teacher"
+                    else self.layout.student_model(variant, source))
             values["warm_start"] = str(prev)
         return TrainConfig().updated(values)
 

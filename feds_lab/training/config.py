@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ DISTILLATION_FIELDS = frozenset(
     {"teacher", "alpha", "beta", "gamma", "weighting", "tau", "taps", "feature_weighting", "feature_norm",
      "latent_norm", "output_scale", "ramp", "balance", "balance_every", "clip_mode", "init_from_teacher"}
 )
+#: Fields naming files or folders: compared as real paths (relative to the working folder)
+PATH_FIELDS = ("data", "teacher", "warm_start")
+
 #: Fields that only a student reads (its stages and fine-tuning rate); left out of a teacher's identity.
 STUDENT_FIELDS = frozenset({"stage_split", "finetune_lr_factor"})
 
@@ -270,7 +274,11 @@ class TrainConfig:
             unused |= STUDENT_FIELDS
         elif not self.distills and self.finetune_lr_factor == 1.0:
             unused.add("stage_split")  # a scratch run meets its stage boundaries only through the lr drop
-        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS and k not in unused}
+        out = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS and k not in unused}
+        for k in PATH_FIELDS:  # the same file, named relatively or absolutely, is the same run
+            if out.get(k) not in (None, "builtin"):
+                out[k] = os.path.realpath(out[k])
+        return out
 
     def differences(self, other: TrainConfig) -> list[str]:
         """``field: mine -> theirs`` for every identity field that differs."""

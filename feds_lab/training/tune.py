@@ -136,15 +136,17 @@ class Search:
             self.storage_url, heartbeat_interval=60, grace_period=180,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
 
-    def study(self, seed: int = 0):
+    def study(self, seed: int | None = None):
+        """The study in the storage (made on first use, with the prior as its first trial). ``seed``:
+        the sampler's; leave it None with several workers, or they all draw the same settings."""
         import optuna
 
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
         study = optuna.create_study(storage=self.storage(), study_name=self.study_name, direction="minimize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
-        if not study.trials:
-            study.enqueue_trial(PRIOR)
+        if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials):
+            study.enqueue_trial(PRIOR)  # (again, if every trial so far failed)
         return study
 
     # --- what every trial compares against -------------------------------------------------------
@@ -221,14 +223,14 @@ class Search:
             trial.set_user_attr("note", f"no BD-rate: {e}")
             return BD_UNDEFINED
 
-    def run(self, trials: int, log=print, wait: bool = False) -> Any:
+    def run(self, trials: int, log=print, wait: bool = False, seed: int | None = None) -> Any:
         """Run trials until the study holds ``trials`` finished ones (complete or pruned): a second
         call with the same number resumes a search, a larger one extends it. ``wait``: the teachers
         and the scratch ladder are being trained by another process; wait for each when needed."""
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = self.study()
+        study = self.study(seed)
         curve: list = []
 
         def scratch():
@@ -306,7 +308,7 @@ def _cmd_tune(args) -> None:
     search = Search(cfg, storage=args.storage, study_name=args.study_name)
     print(f"[tune] study {search.study_name!r} in {search.storage_url}", file=sys.stderr)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
-    study = search.run(args.trials, log=log, wait=args.wait) if args.trials else search.study()
+    study = search.run(args.trials, log=log, wait=args.wait, seed=args.seed) if args.trials else search.study()
     write_summary(search, study, log=lambda m: print(m, file=sys.stderr))
 
 
@@ -320,6 +322,7 @@ def add_tune_parser(sub) -> None:
     p.add_argument("--storage", help="Optuna storage: sqlite:///PATH (default runs/<name>/tune/optuna.db), "
                                      "journal:PATH (a file on a shared disk), or a database URL")
     p.add_argument("--study-name", dest="study_name", help="default: <pipeline name>-feds")
+    p.add_argument("--seed", type=int, help="the sampler's seed (default: none, so that workers draw apart)")
     p.add_argument("--wait", action="store_true",
                    help="train no teacher or scratch run: wait for another process (a pipeline, a worker) to finish them")
     p.set_defaults(func=_cmd_tune)
