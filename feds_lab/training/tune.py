@@ -313,7 +313,7 @@ def _cmd_tune(args) -> None:
 
 
 def add_tune_parser(sub) -> None:
-    p = sub.add_parser("tune", help="search the FEDS settings (Optuna) on the validation split, by BD-rate vs scratch")
+    p = sub.add_parser("tune", help="search the FEDS settings (Optuna) on the validation split, by BD-rate against scratch")
     p.add_argument("--config", help="pipeline YAML whose teachers, data and budget the search uses "
                                     "(e.g. configs/pipelines/study_feds.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any PipelineConfig field (YAML value)")
