@@ -107,7 +107,8 @@ class RDAnalysis:
     _bd: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def comparisons(self) -> list[tuple[str, str]]:
-        """(anchor, test) curve names: student vs teacher, FEDS vs scratch, ablations vs FEDS, all vs JPEG.
+        """(anchor, test) curve names: student vs teacher, FEDS vs scratch, ablations vs FEDS and vs
+        scratch, all vs JPEG.
 
         Scratch vs teacher is there to test the method's premise: distillation can only pass on what
         the teacher knows better than a student trained alone (at short budgets it may know less).
@@ -123,6 +124,8 @@ class RDAnalysis:
         for role, name in n.items():
             if role not in ("teacher", "feds", "scratch") and not role.startswith("anchor:") and "feds" in n:
                 pairs.append((n["feds"], name))
+                if "scratch" in n:  # and against training alone: does the variant beat the baseline?
+                    pairs.append((n["scratch"], name))
         if "anchor:jpeg" in n:
             for role, name in n.items():
                 if not role.startswith("anchor:"):
