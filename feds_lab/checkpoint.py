@@ -70,6 +70,9 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, record: dict[str
 MAX_RECORD_BYTES = 1 << 20
 MAX_SIZE_VALUE = 1 << 14  # any model size (N, M, dims, heads, depths ...) in the record
 MAX_TENSORS = 100_000
+#: block counts, depths, heads and windows: a record may not ask for thousands of layers
+MAX_COUNT_VALUE = 64
+_COUNTS = ("res_blocks", "attn_depth", "depths", "attn_heads", "heads", "window")
 #: EntropyBottleneck: the longest pmf (symbols per channel) its quantiles may ask ``update()`` for
 MAX_PMF_LENGTH = 1 << 14
 
@@ -147,6 +150,8 @@ def _model_spec(path: Path, record: dict[str, Any]) -> tuple[str, str, str, dict
 
     for key, v in overrides.items():
         bounded(key, v)
+        if key in _COUNTS and any(isinstance(x, int) and x > MAX_COUNT_VALUE for x in (v if isinstance(v, (list, tuple)) else [v])):
+            raise CheckpointError(f"{path}: the record's {key}={v} is out of range (at most {MAX_COUNT_VALUE})")
     for key in ("N", "M", "dims", "depths", "heads", "hyper_channels", "window", "attn_depth", "attn_heads"):
         if key in m:
             bounded(key, m[key])
@@ -335,6 +340,10 @@ class _MetaBuild(TorchFunctionMode):
         from torch.utils._pytree import tree_map
 
         kwargs = dict(kwargs or {})
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.endswith("__") and args and isinstance(args[0], torch.Tensor) \
+                and args[0].device.type == "meta":
+            return args[0]  # in-place (initialisation) on a meta tensor: nothing to do, and fast
         if func in _device_constructors() and kwargs.get("device") is None:
             kwargs["device"] = "meta"
         tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]

@@ -204,6 +204,13 @@ def test_record_sizes_are_checked_before_a_model_is_built(tiny_checkpoints, tmp_
     huge = _tamper(tiny_checkpoints["student"], tmp_path / "h.safetensors", record=sizes(30000, 30000))
     with pytest.raises(CheckpointError, match="out of range"):
         load_model(huge)
+
+    def blocks(rec):  # the campaign's one hang: 16,000 residual blocks took minutes to build, even on meta
+        rec["model"]["overrides"] = {"res_blocks": 16000}
+        return json.dumps(rec)
+
+    with pytest.raises(CheckpointError, match="res_blocks=16000 is out of range"):
+        load_model(_tamper(tiny_checkpoints["student"], tmp_path / "d.safetensors", record=blocks))
     # within the bound, but not the file's tensors: refused from the meta-device skeleton, nothing allocated
     big = _tamper(tiny_checkpoints["student"], tmp_path / "b.safetensors", record=sizes(12000, 16000))
     with pytest.raises(CheckpointMismatchError, match="differ in shape"):
