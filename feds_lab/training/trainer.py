@@ -53,8 +53,8 @@ from .config import TRAIN_SPLITS, ConfigError, TrainConfig
 from .distributed import Distributed
 from .init import init_from_teacher
 from .stages import DistillationWeights, Stage, StagePlan, TrainingObjective
-from .state import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, MetricsLog, atomic_write_bytes, clear_run,
-                    load_state, save_state)
+from .state import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, MetricsLog, atomic_write_bytes,
+                    clean_stale_temporaries, clear_run, load_state, save_state)
 
 KILL_HOOK_ENV = "FEDS_LAB_TEST_KILL_AT_STEP"
 STATE_FORMAT = "feds-lab-train-state/1"
@@ -101,8 +101,10 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
         raise ConfigError(f"{out} holds a finished run with another config ({'; '.join(diffs)}); "
                           "use --fresh (resume=False) to overwrite it, or another --out")
     saved = None
+    if cfg.resume and dd.is_main:
+        clean_stale_temporaries(out)  # what a kill during a state write left behind
     if cfg.resume and (out / STATE_FILE).exists():
-        saved = load_state(out / STATE_FILE)
+        saved = load_state(out / STATE_FILE, steps=cfg.steps)
         diffs = TrainConfig.from_dict(saved["config"]).differences(cfg)
         if diffs:
             raise ConfigError(f"{out} holds a run with another config ({'; '.join(diffs)}); "
