@@ -111,9 +111,10 @@ class PipelineConfig:
     #: warm-start each lambda's run from the previous (smaller) lambda's model of the same kind, as
     #: METHOD.md suggests for short budgets: every model then says so in its record (warm_start)
     warm_start_ladder: bool = True
-    #: where a teacher's warm start comes from: ``previous`` (the chain) or ``first`` (every lambda
-    #: from the smallest lambda's teacher, so that the later teachers can train side by side)
-    teacher_ladder: str = "previous"
+    #: where a teacher's warm start comes from: ``previous`` (the chain), ``first`` (every lambda
+    #: from the smallest lambda's teacher, so that the later teachers can train side by side), or a
+    #: mapping {lambda: lambda it starts from} for the lambdas that differ from the chain
+    teacher_ladder: Any = "previous"
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
     #: torch threads in every notebook kernel (evaluation, analysis) and in every training run whose
@@ -249,13 +250,28 @@ class PipelineConfig:
             values["threads"] = self.threads
         previous = [l for l in self.lambdas if l < lmbda]
         if self.warm_start_ladder and previous and "warm_start" not in values:
-            if self.teacher_ladder not in ("previous", "first"):
-                raise FedsLabError(f"teacher_ladder must be 'previous' or 'first', got {self.teacher_ladder!r}")
-            source = previous[0] if role == "teacher" and self.teacher_ladder == "first" else previous[-1]
+            source = previous[-1]
+            if role == "teacher":
+                source = self._teacher_source(lmbda, previous)
             prev = (self.layout.teacher_model(source) if role == "teacher"
                     else self.layout.student_model(variant, source))
             values["warm_start"] = str(prev)
         return TrainConfig().updated(values)
+
+    def _teacher_source(self, lmbda: float, previous: list[float]) -> float:
+        ladder = self.teacher_ladder
+        if ladder == "previous":
+            return previous[-1]
+        if ladder == "first":
+            return previous[0]
+        if isinstance(ladder, dict):
+            given = {float(k): float(v) for k, v in ladder.items()}
+            source = given.get(float(lmbda), previous[-1])
+            if source not in previous:
+                raise FedsLabError(f"teacher_ladder: lambda {lmbda:g} can start only from a smaller lambda of "
+                                   f"the ladder {previous}, got {source:g}")
+            return source
+        raise FedsLabError(f"teacher_ladder must be 'previous', 'first' or a mapping {{lambda: lambda}}, got {ladder!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
