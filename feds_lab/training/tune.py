@@ -72,12 +72,19 @@ def suggest(trial) -> dict[str, Any]:
         "clip_mode": trial.suggest_categorical("clip_mode", ["total", "separate"]),
         "stage_split": [s1, round(1 - s1 - s3, 3), s3],
     }
+    # aligning the analysis features (and the latent) pulls the student toward the teacher's rate;
+    # aligning the synthesis alone asks for a better decoder at the student's own rate (ours)
+    if trial.suggest_categorical("taps", ["all", "synthesis"]) == "synthesis":
+        values["taps"] = list(SYNTHESIS_TAPS)
     return values
+
+
+SYNTHESIS_TAPS = ("gs1", "gs2", "gs3")
 
 
 #: A first trial at a sensible prior (ours), so that the search starts from it rather than from noise.
 PRIOR = {"norm": "channel", "stage3": 0.3, "align_share": 0.4, "alpha": 0.1, "beta": 0.1, "gamma": 0.1,
-         "tau": 2.0, "ramp": "cosine", "clip_mode": "separate"}
+         "tau": 2.0, "ramp": "cosine", "clip_mode": "separate", "taps": "all"}
 
 
 # --- the curves ------------------------------------------------------------------------------------
