@@ -115,6 +115,9 @@ class PipelineConfig:
     #: from the smallest lambda's teacher, so that the later teachers can train side by side), or a
     #: mapping {lambda: lambda it starts from} for the lambdas that differ from the chain
     teacher_ladder: Any = "previous"
+    #: TrainConfig overrides for single teachers, {lambda: {field: value}}, applied after ``train``
+    #: (e.g. a lower lr for a teacher that diverged at the schedule's peak)
+    teacher_overrides: dict[float, dict[str, Any]] = field(default_factory=dict)
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
     #: torch threads in every notebook kernel (evaluation, analysis) and in every training run whose
@@ -236,6 +239,7 @@ class PipelineConfig:
             values = {**base, "role": "teacher", "family": self.family, "steps": self.teacher_steps,
                       "out": str(self.layout.teacher(lmbda))}
             values.update(self.train)
+            values.update(self._teacher_overrides(lmbda))
         else:
             if variant not in self.variants:
                 raise FedsLabError(f"unknown student variant {variant!r}; known: {list(self.variants)}")
@@ -257,6 +261,13 @@ class PipelineConfig:
                     else self.layout.student_model(variant, source))
             values["warm_start"] = str(prev)
         return TrainConfig().updated(values)
+
+    def _teacher_overrides(self, lmbda: float) -> dict[str, Any]:
+        given = {float(k): v for k, v in (self.teacher_overrides or {}).items()}
+        unknown = sorted(set(given) - {float(l) for l in self.lambdas})
+        if unknown:
+            raise FedsLabError(f"teacher_overrides names lambdas {unknown} that are not in the ladder {self.lambdas}")
+        return dict(given.get(float(lmbda)) or {})
 
     def _teacher_source(self, lmbda: float, previous: list[float]) -> float:
         ladder = self.teacher_ladder
