@@ -84,11 +84,17 @@ def test_gradient_balance_sets_each_term_to_its_share_of_the_rd_gradient():
 
 def test_separate_clipping_keeps_the_rd_step_whole():
     p = torch.nn.Parameter(torch.zeros(2))
-    rd = (p * torch.tensor([3.0, 4.0])).sum()  # gradient (3, 4): norm 5
-    kd = (p * torch.tensor([0.0, 100.0])).sum()  # gradient (0, 100): norm 100
+    rd = (p * torch.tensor([30.0, 40.0])).sum()  # gradient (30, 40): norm 50, clipped to 10 by a factor 0.2
+    kd = (p * torch.tensor([0.0, 5.0])).sum()  # norm 5: the same factor, so it keeps its 1:10 share
     norm = _separately_clipped_backward(rd, kd, [p], max_norm=10.0)
-    assert float(norm) == pytest.approx(5.0)
-    assert p.grad.tolist() == pytest.approx([3.0, 4.0 + 10.0], rel=1e-5)  # RD unclipped, KD cut to norm 10
+    assert float(norm) == pytest.approx(50.0)
+    assert p.grad.tolist() == pytest.approx([6.0, 8.0 + 1.0], rel=1e-5)
+    # a distillation gradient far larger than L_RD's is cut to max_norm, never more
+    p.grad = None
+    rd = (p * torch.tensor([3.0, 4.0])).sum()  # norm 5: not clipped
+    kd = (p * torch.tensor([0.0, 100.0])).sum()
+    _separately_clipped_backward(rd, kd, [p], max_norm=10.0)
+    assert p.grad.tolist() == pytest.approx([3.0, 4.0 + 10.0], rel=1e-5)
 
 
 def test_init_from_teacher_copies_leading_slices():

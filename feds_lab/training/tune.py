@@ -200,8 +200,8 @@ class Search:
         from ..training import MODEL_FILE, train
 
         settings = suggest(trial)
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-        folder = self.root / f"trial-{key}"  # named by its settings: a retried trial resumes its runs
+        key = hashlib.sha256(json.dumps([self.study_name, settings], sort_keys=True).encode()).hexdigest()[:10]
+        folder = self.root / f"trial-{key}"  # named by study and settings: a retried trial resumes its runs
         trial.set_user_attr("folder", str(folder))
         trial.set_user_attr("settings", settings)
         points, previous = [], None
