@@ -98,13 +98,13 @@ def test_example_configs_load(path):
 def test_student_example_shows_the_true_defaults():
     example, defaults = TrainConfig.from_yaml(CONFIGS[0].parent / "student.yaml"), TrainConfig()
     for key in ("stage_split", "finetune_lr_factor", "alpha", "beta", "gamma", "weighting", "tau", "taps",
-                "feature_weighting"):
+                "feature_weighting", "feature_norm", "latent_norm", "output_scale", "balance", "ramp", "clip_mode"):
         assert getattr(example, key) == getattr(defaults, key), key
 
 
 # --- stage plan ----------------------------------------------------------------------------------
 def test_stage_plan_splits_one_budget():
-    student = StagePlan.from_config(TrainConfig(role="student", teacher="t", steps=10).resolved())
+    student = StagePlan.from_config(TrainConfig(role="student", teacher="t", steps=10, stage_split=(0.3, 0.5, 0.2)).resolved())
     assert [student.stage_at(s) for s in range(10)] == (
         [Stage.FEATURE_ALIGNMENT] * 3 + [Stage.CHANNEL_DISTILLATION] * 5 + [Stage.FINE_TUNING] * 2)
     assert student.spans() == [(Stage.FEATURE_ALIGNMENT, 0, 3), (Stage.CHANNEL_DISTILLATION, 3, 8),
@@ -113,7 +113,7 @@ def test_stage_plan_splits_one_budget():
     assert no_align.stage_at(0) is Stage.CHANNEL_DISTILLATION
     no_ft = StagePlan.from_config(TrainConfig(role="student", teacher="t", steps=10, stage_split=(0.3, 0.7, 0)))
     assert no_ft.stage_at(9) is Stage.CHANNEL_DISTILLATION
-    scratch = StagePlan.from_config(TrainConfig(role="student", baseline="scratch", steps=10))
+    scratch = StagePlan.from_config(TrainConfig(role="student", baseline="scratch", steps=10, stage_split=(0.3, 0.5, 0.2)))
     assert [s for s, _, _ in scratch.spans()] == [Stage.RATE_DISTORTION, Stage.FINE_TUNING]
     teacher = StagePlan.from_config(TrainConfig(role="teacher", steps=10))
     assert teacher.spans() == [(Stage.RATE_DISTORTION, 0, 10)]
@@ -217,7 +217,7 @@ def test_feds_student_three_stages_frozen_teacher(tmp_path, tiny_checkpoints, mo
     monkeypatch.setattr(trainer_module, "load_teacher", lambda *a: teachers.append(real_load(*a)) or teachers[-1])
 
     path = train(quick(tmp_path, "student", role="student", teacher=str(tiny_checkpoints["teacher"]), steps=10,
-                       schedule="constant", lr=1e-3))
+                       schedule="constant", lr=1e-3, stage_split=(0.3, 0.5, 0.2), finetune_lr_factor=0.1))
     lines = [m for m in read_metrics(tmp_path / "student") if m["kind"] == "train"]
     assert [m["stage"] for m in lines] == ["feature_alignment"] * 3 + ["channel_distillation"] * 5 + ["fine_tuning"] * 2
     fa, cd, ft = lines[0], lines[3], lines[-1]
