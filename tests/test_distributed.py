@@ -29,7 +29,7 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_checkpoints):
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "feds_lab.training.cli", "train", "student",
            "--teacher", str(tiny_checkpoints["teacher"]), "--steps", "5", "--batch-size", "4", "--crop", "64",
            "--device", "cpu", "--out", str(out), "--set", "ckpt_every=2", "--set", "val_every=3",
-           "--set", "val_images=1"]
+           "--set", "val_images=1", "--set", "stage_split=[0.3, 0.5, 0.2]", "--set", "grad_log_every=2"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.strip().splitlines()[-1] == str(out / MODEL_FILE)  # printed once, by rank 0
@@ -40,6 +40,8 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_checkpoints):
     assert [m["stage"] for m in lines if m["kind"] == "train"] == (
         ["feature_alignment", "feature_alignment", "channel_distillation", "channel_distillation", "fine_tuning"])
     assert [m["step"] for m in lines if m["kind"] == "val"] == [3, 5]
+    # the default's balancing measures gradient norms under DDP too (averaged over ranks)
+    assert [m["step"] for m in lines if m["kind"] == "grad"] and all(m["rd"] > 0 for m in lines if m["kind"] == "grad")
 
     state = load_state(out / STATE_FILE)
     assert state["step"] == 5 and state["world_size"] == 2 and len(state["rng"]) == 2

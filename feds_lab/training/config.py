@@ -201,6 +201,9 @@ class TrainConfig:
         new = self.updated({k: budget[k] for k in _PRESET_FIELDS if getattr(self, k) is None})
         if new.out is None:
             new.out = str(Path("runs") / new.run_name())
+        for key in PATH_FIELDS:  # saved configs must not depend on the working folder
+            if getattr(new, key) not in (None, "builtin"):
+                setattr(new, key, os.path.abspath(getattr(new, key)))
         new.check()
         return new
 
