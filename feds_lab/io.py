@@ -39,26 +39,15 @@ def atomic_write(path: str | os.PathLike, data: bytes | Callable[[BinaryIO], obj
                  mode: int | None = None) -> Path:
     """Write ``data`` (bytes, or a function that writes into a binary file object) to ``path``
     atomically. ``mode`` defaults to :func:`file_mode` (the umask's), never mkstemp's private 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 f.write(data)
             else:
                 data(f)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.chmod(tmp, file_mode() if mode is None else mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    if fsync:
-        _fsync_dir(path.parent)
-    return path
+
+    return atomic_write_path(path, write, fsync=fsync, mode=mode)
 
 
 def atomic_write_path(path: str | os.PathLike, write: Callable[[str], object], *, fsync: bool = True,
