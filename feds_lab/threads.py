@@ -85,11 +85,12 @@ def free_cores(sample_s: float = 0.1) -> int:
     return max(1, min(len(cores), int(len(cores) - busy + (1 - FREE_SHARE))))
 
 
-def default_threads(sample_s: float = 0.1) -> int:
+def default_threads(sample_s: float = 0.1, environ: dict | None = None) -> int:
     """The thread count :func:`configure_threads` picks: free cores, shared among a torchrun job's
-    processes on this node (``LOCAL_WORLD_SIZE``), at least 1."""
+    processes on this node (``LOCAL_WORLD_SIZE`` of ``environ``, default ``os.environ``), at least 1."""
+    env = os.environ if environ is None else environ
     try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         local = 1
     return max(1, free_cores(sample_s) // local)
@@ -108,11 +109,11 @@ def configure_threads(environ: dict | None = None, sample_s: float = 0.1) -> int
             n = max(1, int(override))
         except ValueError:
             print(f"feds-lab: ignoring {OVERRIDE}={override!r} (a number, auto or torch)", file=sys.stderr)
-            n = default_threads(sample_s)
+            n = default_threads(sample_s, env)
     elif "OMP_NUM_THREADS" in env and env.get(AUTO_MARK) != "1" and override != "auto":
         return None  # the user's own
     else:
-        n = default_threads(sample_s)
+        n = default_threads(sample_s, env)
     env["OMP_NUM_THREADS"] = str(n)
     env[AUTO_MARK] = "1"
     if environ is None and "torch" in sys.modules:  # too late for the environment: tell torch directly
