@@ -15,7 +15,9 @@ busy / alone (target for ``default``: at most 2x). Settings:
   ``OMP_WAIT_POLICY=PASSIVE`` and the thread count from the cores free when the run starts);
 - ``torch``: torch's own defaults (``FEDS_LAB_THREADS=torch``: one thread per core, OpenMP's spin-wait);
 - ``passive-all``: passive waiting, one thread per allowed core;
-- ``one-thread``: passive waiting, one thread.
+- ``one-thread``: passive waiting, one thread;
+- ``spin-10k``, ``spin-100k``: torch's thread count, with libgomp's spin at a barrier cut to that many
+  rounds before the thread sleeps (``GOMP_SPINCOUNT``; its default is 300,000, passive is 0).
 
     .venv/bin/python benchmarks/busy_machine.py             # about 5 minutes on two cores
     .venv/bin/python benchmarks/busy_machine.py --reps 2 --steps 5 --settings default,torch
@@ -43,6 +45,9 @@ SETTINGS = {
     "torch": {"FEDS_LAB_THREADS": "torch"},
     "passive-all": {"OMP_WAIT_POLICY": "PASSIVE", "FEDS_LAB_THREADS": str(len(os.sched_getaffinity(0)))},
     "one-thread": {"FEDS_LAB_THREADS": "1"},
+    # torch's thread count, but libgomp spins only this many rounds at a barrier before sleeping
+    "spin-10k": {"FEDS_LAB_THREADS": "torch", "GOMP_SPINCOUNT": "10000"},
+    "spin-100k": {"FEDS_LAB_THREADS": "torch", "GOMP_SPINCOUNT": "100000"},
 }
 #: variables the settings own: removed from the environment each run starts from
 CLEARED = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "FEDS_LAB_THREADS", "FEDS_LAB_THREADS_AUTO",

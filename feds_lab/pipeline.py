@@ -32,7 +32,7 @@ import yaml
 from .errors import FedsLabError
 from .presets import PRESET_NAMES, train_preset
 from .report import write_report
-from .run_folder import KEY_FIGURES, NOTEBOOKS, RunLayout
+from .run_folder import KEY_FIGURES, NOTEBOOKS, RunLayout, curve_variant
 
 #: The notebooks' committed sources (NN_name.py, jupytext percent format) and their .ipynb.
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -118,6 +118,11 @@ class PipelineConfig:
     #: TrainConfig overrides for single teachers, {lambda: {field: value}}, applied after ``train``
     #: (e.g. a lower lr for a teacher that diverged at the schedule's peak)
     teacher_overrides: dict[float, dict[str, Any]] = field(default_factory=dict)
+    #: learning curves (issue 16): {variant: [student budgets]}; each budget other than ``student_steps``
+    #: adds the variant ``<variant>@<steps>`` (the same overrides, ``steps`` replaced), trained and
+    #: evaluated like any variant; notebook 04 draws FEDS against scratch by budget, at equal steps
+    #: and at equal wall-clock (so give scratch budgets past FEDS's: a FEDS step costs more)
+    learning_curve: dict[str, list[int]] = field(default_factory=dict)
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
     #: torch threads in every notebook kernel (evaluation, analysis) and in every training run whose
@@ -159,6 +164,7 @@ class PipelineConfig:
         for key in ("train", "variants"):
             if not isinstance(getattr(self, key), dict):
                 raise FedsLabError(f"{key} must be a mapping, got {getattr(self, key)!r}")
+        new.variants = self._curve_variants(new.student_steps)
         new.student_family = self.student_family or self.family
         if new.eval_data is None and new.data in (None, "builtin") and new.eval_split == "val":
             # the built-in default evaluates on its evaluation set (data.BUILTIN_EVAL: 6 photographs none of
@@ -261,6 +267,23 @@ class PipelineConfig:
                     else self.layout.student_model(variant, source))
             values["warm_start"] = str(prev)
         return TrainConfig().updated(values)
+
+    def _curve_variants(self, student_steps: int) -> dict[str, dict[str, Any]]:
+        """``variants`` with the learning curve's ``<variant>@<steps>`` entries added (idempotent)."""
+        curve = self.learning_curve or {}
+        if not isinstance(curve, dict):
+            raise FedsLabError(f"learning_curve must be a mapping {{variant: [steps, ...]}}, got {curve!r}")
+        variants = dict(self.variants)
+        for base, budgets in curve.items():
+            if base not in self.variants or "@" in base:
+                raise FedsLabError(f"learning_curve names {base!r}, which is not a variant; known: {list(self.variants)}")
+            if not isinstance(budgets, list) or not budgets:
+                raise FedsLabError(f"learning_curve[{base!r}] must be a list of step budgets, got {budgets!r}")
+            for steps in budgets:
+                _checked_steps(f"learning_curve[{base!r}]", steps)
+                if steps != student_steps:
+                    variants[curve_variant(base, steps)] = {**(self.variants[base] or {}), "steps": steps}
+        return variants
 
     def _teacher_overrides(self, lmbda: float) -> dict[str, Any]:
         given = {float(k): v for k, v in (self.teacher_overrides or {}).items()}
@@ -395,7 +418,32 @@ def _cmd_pipeline(args) -> None:
     if args.lambdas:
         values["lambdas"] = [float(v) for v in args.lambdas.split(",")]
     cfg = cfg.updated(values)
+    if args.train_only:
+        train_runs(cfg, [v.strip() for v in args.train_only.split(",") if v.strip()])
+        return
     run_pipeline(cfg, resume=args.resume)
+
+
+def train_runs(config: PipelineConfig, variants: list[str], log=print) -> list[Path]:
+    """Train the teachers and the ladders of ``variants`` of a pipeline run, without its notebooks.
+
+    For sharing work: several such processes (one thread each on a small machine, or one per GPU) can
+    fill one run folder side by side, each with other variants, and the pipeline then finds every
+    finished run (a finished run with the same config returns at once; a killed one resumes). The
+    teachers come first in every process: start the processes after the teachers, or give the first
+    process the teachers alone (``--train-only teacher``)."""
+    from .training import train
+
+    cfg = config.resolved()
+    unknown = [v for v in variants if v != "teacher" and v not in cfg.variants]
+    if unknown:
+        raise FedsLabError(f"--train-only: unknown variant(s) {unknown}; known: teacher, {', '.join(cfg.variants)}")
+    done = [train(cfg.train_config("teacher", l)) for l in cfg.lambdas]
+    for v in variants:
+        if v != "teacher":
+            done += [train(cfg.train_config("student", l, variant=v)) for l in cfg.lambdas]
+    log(f"[pipeline] {len(done)} training runs finished in {cfg.run_dir}")
+    return done
 
 
 def add_pipeline_parser(sub) -> None:
@@ -411,6 +459,9 @@ def add_pipeline_parser(sub) -> None:
     p.add_argument("--runs-dir", dest="runs_dir")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any PipelineConfig field (YAML value)")
     p.add_argument("--resume", action="store_true", help="skip notebooks that completed with the same parameters")
+    p.add_argument("--train-only", dest="train_only", metavar="VARIANTS",
+                   help="train the teachers and these student variants' ladders (comma-separated; 'teacher' for "
+                        "the teachers alone) and stop: several processes can fill one run folder side by side")
     p.set_defaults(func=_cmd_pipeline)
 
 

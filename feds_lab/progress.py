@@ -217,12 +217,15 @@ class _LineWriter:
 
 # --- what the pipeline hands the monitor -----------------------------------------------------------
 def pipeline_runs(cfg) -> dict[str, Path]:
-    """{display name: folder} of every training run a resolved PipelineConfig may make."""
+    """{display name: folder} of every training run a resolved PipelineConfig may make, as absolute
+    paths: papermill changes the process's working directory to notebooks/ while a notebook runs, and
+    the monitor's thread reads these folders then (relative ones found nothing: the default run's
+    progress lines named no run)."""
     layout = cfg.layout
     runs = {f"teacher l{l:g}": layout.teacher(l) for l in cfg.lambdas}
     for variant in cfg.variants:
         runs.update({f"{variant} l{l:g}": layout.student(variant, l) for l in cfg.lambdas})
-    return runs
+    return {name: Path(folder).absolute() for name, folder in runs.items()}
 
 
 def code_cell_count(notebook: Path, injected: int = 1) -> int | None:
@@ -237,8 +240,8 @@ def code_cell_count(notebook: Path, injected: int = 1) -> int | None:
 class kernel_environment:
     """Environment variables for the notebook kernels started inside (they inherit the pipeline's):
     no progress bars (they would become huge outputs in the executed notebook; the monitor reports
-    progress instead), and the thread defaults of :mod:`feds_lab.threads` (passive waiting; the
-    pipeline's ``threads``, or a fresh choice from the cores free when the kernel starts)."""
+    progress instead), and the thread defaults of :mod:`feds_lab.threads` (the pipeline's ``threads``,
+    or a fresh choice from the cores free when the kernel starts)."""
 
     def __init__(self, threads: int | None = None):
         from .threads import kernel_environment as thread_env
@@ -251,7 +254,10 @@ class kernel_environment:
 
         for key, value in self.values.items():
             self._old[key] = os.environ.get(key)
-            os.environ[key] = value
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         return self
 
     def __exit__(self, *exc) -> None:

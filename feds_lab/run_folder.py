@@ -29,8 +29,22 @@ NOTEBOOKS = ("01_teacher_training", "02_channel_entropy", "03_distillation", "04
 KEY_FIGURES = (
     "teacher_training_curves.png", "channel_entropy_heatmap.png", "channel_weights.png",
     "distillation_curves.png", "loss_balance.png", "feature_alignment_by_tap.png", "rd_psnr.png", "rd_ms_ssim.png",
-    "bd_rate_table.png", "tune_search.png",
+    "bd_rate_table.png", "tune_search.png", "learning_curve.png",
 )
+
+LEARNING_CURVE_FILE = "learning_curve.csv"
+
+
+def curve_variant(base: str, steps: int) -> str:
+    """The variant name of ``base`` trained for ``steps`` per lambda on a learning curve: ``feds@600``."""
+    return f"{base}@{int(steps)}"
+
+
+def split_curve_variant(name: str) -> tuple[str, int | None]:
+    """``"feds@600"`` -> ``("feds", 600)``; a plain variant -> ``(name, None)`` (its budget is student_steps)."""
+    base, sep, steps = name.rpartition("@")
+    return (base, int(steps)) if sep and steps.isdigit() else (name, None)
+
 
 PIPELINE_FILE = "pipeline.yaml"
 RUN_STATE_FILE = "state.json"  # not training's state.pt: which notebooks completed
@@ -120,6 +134,10 @@ class RunLayout:
     def bd_rate(self) -> Path:
         """The BD-rate table notebook 04 writes and the report shows."""
         return self.results / BD_RATE_FILE
+
+    @property
+    def learning_curve(self) -> Path:
+        return self.results / LEARNING_CURVE_FILE
 
     @property
     def params_speed(self) -> Path:

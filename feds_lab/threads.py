@@ -1,24 +1,32 @@
 """CPU thread defaults that survive a busy machine (issue 17).
 
-On a shared machine torch's defaults fall apart: its OpenMP threads spin-wait at every barrier
-(``OMP_WAIT_POLICY=ACTIVE`` is libgomp's behaviour in practice), and it starts one thread per core
-whether or not another process is using that core, so each parallel region waits for the thread
-whose core is taken. Measured by ``benchmarks/busy_machine.py`` (tiny demo training step, one busy
-background process, two cores): see the README's "Busy machines" section.
+On a shared machine torch's defaults fall apart: it starts one thread per core whether or not
+another process is using that core, so each parallel region waits for the thread whose core is
+taken, and its OpenMP threads spin-wait at every barrier while they wait. Measured by
+``benchmarks/busy_machine.py`` (tiny demo training step, two cores; README "Busy machines"): with one
+busy process, two threads run 2.5-4x slower per step than alone, whatever the spin (passive waiting,
+``GOMP_SPINCOUNT`` 10,000 or 100,000); one thread is as fast busy as alone. On a quiet machine torch's
+two spinning threads are 1.4-1.7x faster than one thread, and two *passive* threads are no faster than
+one. So the thread count must follow the free cores, and passive waiting only pays where a core is taken.
 
 What :func:`configure_threads` sets, unless the user already did (each is only a default):
 
-- ``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep instead of spinning. Read by libgomp when it
-  loads, i.e. when torch is imported: so this must run before ``import torch`` (``feds_lab/__init__.py``
-  calls it first thing, and the pipeline passes it on to its notebook kernels' environment).
 - ``OMP_NUM_THREADS`` = :func:`free_cores`: the cores of this process's affinity mask that are idle
   right now (sampled from ``/proc/stat`` over a tenth of a second), divided among the processes of a
   ``torchrun`` job on this node (``LOCAL_WORLD_SIZE``), at least 1. When torch is already imported,
   ``torch.set_num_threads`` gets the same number.
+- ``OMP_WAIT_POLICY=PASSIVE`` where some allowed core is taken (a thread that waits sleeps instead of
+  spinning on a core another process needs); on a quiet machine OpenMP's own spinning is left alone.
+  Read by libgomp when it loads, i.e. when torch is imported: so this runs before ``import torch``
+  (``feds_lab/__init__.py`` calls it first thing; the pipeline's notebook kernels choose again).
+- While a run trains, :class:`ThreadGovernor` (called by the trainer) looks again every few seconds
+  and lowers the thread count when another process has started on a core, raising it back (never past
+  the count chosen at the start) when the core is free again.
 
 The ``threads`` settings (``TrainConfig.threads``, ``PipelineConfig.threads``) still win over this
 default; ``OMP_NUM_THREADS`` or ``FEDS_LAB_THREADS`` set by hand win too (``FEDS_LAB_THREADS=auto``
-forces the automatic choice, ``FEDS_LAB_THREADS=torch`` leaves torch's own default alone).
+forces the automatic choice, ``FEDS_LAB_THREADS=torch`` leaves torch's own default alone). Where the
+user chose, the governor does nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import time
 #: set to "1" in the environment when OMP_NUM_THREADS was chosen here (not by the user): a child
 #: process (a notebook kernel) then chooses again from the load it sees, instead of inheriting it
 AUTO_MARK = "FEDS_LAB_THREADS_AUTO"
+#: set to "1" when OMP_WAIT_POLICY was set here: a child process decides again from the load it sees
+WAIT_MARK = "FEDS_LAB_WAIT_AUTO"
 #: user override: a number, "auto" or "torch"
 OVERRIDE = "FEDS_LAB_THREADS"
 
@@ -103,7 +113,9 @@ def configure_threads(environ: dict | None = None, sample_s: float = 0.1) -> int
     override = env.get(OVERRIDE, "").strip().lower()
     if override == "torch":  # torch's and OpenMP's own defaults, untouched
         return None
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if env.get(WAIT_MARK) == "1":  # inherited from a parent that chose it: choose again here
+        env.pop("OMP_WAIT_POLICY", None)
+        env.pop(WAIT_MARK, None)
     if override and override != "auto":
         try:
             n = max(1, int(override))
@@ -114,6 +126,9 @@ def configure_threads(environ: dict | None = None, sample_s: float = 0.1) -> int
         return None  # the user's own
     else:
         n = default_threads(sample_s, env)
+    if n < len(allowed_cores()) and "OMP_WAIT_POLICY" not in env:  # a core is taken (by others, or our ranks)
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+        env[WAIT_MARK] = "1"
     env["OMP_NUM_THREADS"] = str(n)
     env[AUTO_MARK] = "1"
     if environ is None and "torch" in sys.modules:  # too late for the environment: tell torch directly
@@ -121,12 +136,78 @@ def configure_threads(environ: dict | None = None, sample_s: float = 0.1) -> int
     return n
 
 
-def kernel_environment(threads: int | None = None) -> dict[str, str]:
-    """What a child process (a notebook kernel) should get: passive waiting, and either ``threads``
-    or a mark that lets it choose from the load it finds when it starts."""
-    env = {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+def kernel_environment(threads: int | None = None) -> dict[str, str | None]:
+    """What a child process (a notebook kernel) should get (None: unset): either ``threads`` (with
+    passive waiting when that leaves cores to others) or marks that let it choose from the load it
+    finds when it starts (its ``import feds_lab`` runs :func:`configure_threads` again). A wait
+    policy the user set stands."""
+    users_wait = "OMP_WAIT_POLICY" in os.environ and os.environ.get(WAIT_MARK) != "1"
+    env: dict[str, str | None] = {}
     if threads:
-        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **{AUTO_MARK: None})
+        if not users_wait:
+            passive = threads < len(allowed_cores())
+            env.update(OMP_WAIT_POLICY="PASSIVE" if passive else None, **{WAIT_MARK: "1" if passive else None})
     elif "OMP_NUM_THREADS" not in os.environ or os.environ.get(AUTO_MARK) == "1":
         env[AUTO_MARK] = "1"  # the kernel's feds_lab import chooses again
     return env
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class ThreadGovernor:
+    """Follows the free cores while a run trains (only where the thread count was chosen here).
+
+    Every ``every`` seconds (:meth:`tick`, once a step) it measures how many allowed cores *other*
+    processes used since the last look (all cores' busy time from ``/proc/stat`` minus this process's
+    own CPU time) and sets torch's thread count to the cores left, at least 1 and at most the count
+    chosen when the run started. Cost: two small file reads every few seconds.
+    """
+
+    def __init__(self, every: float = 10.0, log=None, _cpu_times=None, _own=None, _clock=None, _torch=None):
+        self.every, self.log = every, log
+        self._cpu_times, self._own = _cpu_times or _cpu_times_default, _own or _own_cpu_seconds
+        self._clock = _clock or time.monotonic
+        if _torch is None:
+            import torch as _torch
+        self.torch = _torch
+        self.active = os.environ.get(AUTO_MARK) == "1" and os.environ.get(OVERRIDE, "").lower() != "torch"
+        self.ceiling = self.torch.get_num_threads()
+        self.cores = allowed_cores()
+        self.tick_hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = None
+
+    def _sample(self):
+        return self._clock(), self._cpu_times(), self._own()
+
+    def tick(self) -> int | None:
+        """Call once a step; returns the new thread count when it changed, else None."""
+        if not self.active:
+            return None
+        now = self._clock()
+        if self._last is None:
+            self._last = self._sample()
+            return None
+        if now - self._last[0] < self.every:
+            return None
+        t1, cpu1, own1 = self._sample()
+        t0, cpu0, own0 = self._last
+        self._last = (t1, cpu1, own1)
+        busy = sum(cpu1[c][0] - cpu0[c][0] for c in self.cores if c in cpu0 and c in cpu1) / self.tick_hz
+        wall = t1 - t0
+        if wall <= 0 or not cpu0:
+            return None
+        others = max(0.0, (busy - (own1 - own0)) / wall)  # cores' worth of other processes' work
+        n = max(1, min(self.ceiling, int(len(self.cores) - others + (1 - FREE_SHARE))))
+        if n == self.torch.get_num_threads():
+            return None
+        self.torch.set_num_threads(n)
+        if self.log:
+            self.log(f"threads: {n} (other processes used {others:.1f} of {len(self.cores)} cores)")
+        return n
+
+
+_cpu_times_default = _cpu_times

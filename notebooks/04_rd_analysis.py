@@ -119,6 +119,28 @@ ps.to_csv(layout.params_speed, index=False)
 ps.round(3)
 
 # %% [markdown]
+# ## Learning curve: does the gap to scratch move as the student trains longer? (when the run has one)
+#
+# With `learning_curve` set (e.g. `{feds: [150, 300, 600], scratch: [150, 300, 600, 1200]}`) every listed
+# variant is also trained at those budgets. Blue: FEDS against scratch at the same steps per λ. Orange:
+# against the scratch ladder whose training took about as long (a FEDS step also runs the teacher and
+# the distillation terms); each point names the scratch budget it was matched to.
+
+# %%
+from feds_lab.evaluation.learning_curve import learning_curve_table
+
+if cfg.learning_curve:
+    curve = learning_curve_table(results, cfg.student_steps)
+    curve.to_csv(layout.learning_curve, index=False)
+    fig = plots.learning_curve(curve, title=f"FEDS vs scratch by budget, {len(images)} held-out images "
+                                            f"({cfg.preset} preset)")
+    plots.save_figure(fig, layout.figure("learning_curve.png"))
+    display(fig)
+    display(curve.round(3))
+else:
+    print("no learning curve in this run (learning_curve is empty)")
+
+# %% [markdown]
 # ## The search behind the settings (when `feds-lab tune` ran on this run folder)
 #
 # `feds-lab tune` trains FEDS ladders on the `tune-train` split and measures each trial by its BD-rate

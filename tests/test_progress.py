@@ -102,25 +102,107 @@ def test_free_cores_is_within_the_affinity_mask():
     assert 1 <= n <= len(allowed_cores())
 
 
-def test_configure_threads_respects_the_user_and_sets_passive_waiting():
+def test_configure_threads_respects_the_user_and_waits_passively_only_beside_others(monkeypatch):
+    import feds_lab.threads as th
+
+    cores = len(allowed_cores())
+    monkeypatch.setattr(th, "free_cores", lambda sample_s=0.1: cores)  # a quiet machine
     env = {}
-    n = configure_threads(env, sample_s=0.02)
-    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == str(n) and env[AUTO_MARK] == "1"
-    # a child (a kernel) that inherited an automatic choice chooses again
-    env["OMP_NUM_THREADS"] = "99"
-    assert configure_threads(env, sample_s=0.02) <= len(allowed_cores())
+    assert configure_threads(env) == cores
+    assert "OMP_WAIT_POLICY" not in env and env["OMP_NUM_THREADS"] == str(cores) and env[AUTO_MARK] == "1"
+    monkeypatch.setattr(th, "free_cores", lambda sample_s=0.1: 1)  # another process holds the other cores
+    busy = {}
+    assert configure_threads(busy) == 1
+    assert (busy["OMP_WAIT_POLICY"] == "PASSIVE") == (cores > 1)
+    # a child (a kernel) that inherited automatic choices chooses again, on the load it sees
+    monkeypatch.setattr(th, "free_cores", lambda sample_s=0.1: cores)
+    busy["OMP_NUM_THREADS"] = "99"
+    assert configure_threads(busy) == cores and "OMP_WAIT_POLICY" not in busy
     # the user's own settings stand
     user = {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
-    assert configure_threads(user, sample_s=0.02) is None and user == {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
+    assert configure_threads(user) is None and user == {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
     assert configure_threads({"FEDS_LAB_THREADS": "5"}) == 5
+    own_wait = {"FEDS_LAB_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}
+    configure_threads(own_wait)
+    assert own_wait["OMP_WAIT_POLICY"] == "ACTIVE"
     torch_defaults = {"FEDS_LAB_THREADS": "torch"}
     assert configure_threads(torch_defaults) is None and "OMP_WAIT_POLICY" not in torch_defaults
     # under torchrun the free cores are shared among the node's processes
-    assert configure_threads({"LOCAL_WORLD_SIZE": "64"}, sample_s=0.02) == 1
+    assert configure_threads({"LOCAL_WORLD_SIZE": "64"}) == 1
+
+
+def test_the_governor_follows_other_processes(monkeypatch):
+    from feds_lab.threads import ThreadGovernor
+
+    class FakeTorch:
+        n = 2
+
+        def get_num_threads(self):
+            return self.n
+
+        def set_num_threads(self, n):
+            self.n = n
+
+    clock = {"t": 0.0, "busy": 0, "own": 0.0}
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+
+    def cpu_times():  # the busy jiffies of two cores, split evenly
+        return {0: (clock["busy"] // 2, 0), 1: (clock["busy"] - clock["busy"] // 2, 0)}
+
+    def run_for(seconds, ours, others):  # cores' worth of our work and other processes' work
+        clock["t"] += seconds
+        clock["own"] += ours * seconds
+        clock["busy"] += int(round((ours + others) * seconds * hz))
+
+    monkeypatch.setenv(AUTO_MARK, "1")
+    monkeypatch.delenv("FEDS_LAB_THREADS", raising=False)
+    torch = FakeTorch()
+    gov = ThreadGovernor(every=10, _cpu_times=cpu_times, _own=lambda: clock["own"], _clock=lambda: clock["t"],
+                         _torch=torch)
+    gov.cores = [0, 1]
+    assert gov.tick() is None  # the first look only samples
+    run_for(11, ours=2.0, others=0.0)
+    assert gov.tick() is None and torch.n == 2  # alone: keeps both
+    run_for(11, ours=1.3, others=0.7)  # another process arrived (it gets a share of one core)
+    assert gov.tick() == 1 and torch.n == 1
+    run_for(5, ours=1.0, others=1.0)
+    assert gov.tick() is None  # not yet time to look
+    run_for(6, ours=1.0, others=1.0)
+    assert gov.tick() is None and torch.n == 1
+    run_for(11, ours=1.0, others=0.0)  # it left: back to the count chosen at the start, never past it
+    assert gov.tick() == 2 and torch.n == 2
+    monkeypatch.setenv(AUTO_MARK, "0")  # the user chose the threads: the governor does nothing
+    assert ThreadGovernor(_torch=torch).tick() is None
 
 
 def test_kernel_environment_passes_threads_or_lets_the_kernel_choose(monkeypatch):
     assert kernel_environment(2)["OMP_NUM_THREADS"] == "2"
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("FEDS_LAB_WAIT_AUTO", raising=False)
     env = kernel_environment(None)
-    assert env[AUTO_MARK] == "1" and "OMP_NUM_THREADS" not in env and env["OMP_WAIT_POLICY"]
+    assert env[AUTO_MARK] == "1" and "OMP_NUM_THREADS" not in env and "OMP_WAIT_POLICY" not in env
+    if len(allowed_cores()) > 1:
+        assert kernel_environment(1)["OMP_WAIT_POLICY"] == "PASSIVE"  # one thread beside others: passive
+    assert kernel_environment(len(allowed_cores()))["OMP_WAIT_POLICY"] is None  # all cores: OpenMP's own
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert "OMP_WAIT_POLICY" not in kernel_environment(1)  # the user's stands (inherited)
+
+
+def test_the_monitor_finds_runs_while_papermill_has_changed_the_directory(tmp_path, monkeypatch):
+    # the default run folder is relative (runs/demo); papermill runs a notebook in notebooks/
+    from feds_lab.pipeline import PipelineConfig
+    from feds_lab.progress import NotebookMonitor, pipeline_runs
+
+    monkeypatch.chdir(tmp_path)
+    cfg = PipelineConfig(lambdas=[0.0018, 0.0067, 0.025, 0.0932]).resolved()
+    runs = pipeline_runs(cfg)
+    folder = runs["teacher l0.0018"]
+    assert folder.is_absolute()
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("steps: 10\n")
+    (folder / "metrics.jsonl").write_text('{"step": 3, "kind": "train", "loss": 2.5, "seconds": 3.0}\n')
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # as papermill's cwd= does, around the whole execution
+    line = NotebookMonitor("01_teacher_training", runs, log=lambda m: None).status_line()
+    assert "teacher l0.0018 step 3/10" in line

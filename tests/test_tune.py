@@ -71,3 +71,23 @@ def test_tiny_search_runs_and_resumes(tmp_path, one_thread):
     assert s["complete"] + sum(r["state"] == "PRUNED" for r in s["trials"]) == 2
     assert (path.parent / "tune_search.png").stat().st_size > 1000
     assert (path.parent / "best.yaml").exists() == bool(s["complete"])
+
+
+def test_designed_trials_are_queued_once(tmp_path):
+    cfg = PipelineConfig(name="q", runs_dir=str(tmp_path), lambdas=[0.0018, 0.0067, 0.025, 0.0483],
+                         data=str(tmp_path))
+    search = Search(cfg)
+    probes = tmp_path / "probes.yaml"
+    probes.write_text("- {alpha: 0.01, beta: 0.01, gamma: 0.3}\n- {alpha: 0.1, taps: synthesis}\n")
+    assert search.enqueue(probes, log=lambda m: None) == 2
+    assert search.enqueue(probes, log=lambda m: None) == 0  # a restarted worker passes the same file
+    waiting = [t for t in search.study().trials if t.state == optuna.trial.TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"].get("gamma") for t in waiting][-2:] == [0.3, None]
+    probes.write_text("- {alpah: 0.1}\n")
+    with pytest.raises(Exception, match="unknown search parameter"):
+        search.enqueue(probes)
+    # and the file the README names is valid
+    from pathlib import Path
+
+    assert Search(cfg.updated({"name": "q2"})).enqueue(Path(__file__).parent.parent / "configs/tune/probes.yaml",
+                                                       log=lambda m: None) == 6

@@ -113,7 +113,8 @@ class RDAnalysis:
         Scratch vs teacher is there to test the method's premise: distillation can only pass on what
         the teacher knows better than a student trained alone (at short budgets it may know less).
         """
-        n = self.names
+        # a learning curve's ladders (``feds@600`` ...) have their own table (evaluation.learning_curve)
+        n = {role: name for role, name in self.names.items() if "@" not in role}
         pairs = []
         if "feds" in n and "teacher" in n:
             pairs.append((n["teacher"], n["feds"]))

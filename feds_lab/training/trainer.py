@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_model, load_weights, save_model
 from ..data import eval_images, load_dataset
 from ..errors import CheckpointError, FedsLabError
+from ..threads import ThreadGovernor
 from ..losses import RateDistortionLoss
 from ..models import build_model
 from . import distributed
@@ -158,8 +159,12 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
     bar = tqdm(total=cfg.steps, initial=run.step, desc=cfg.run_name(), disable=not show, dynamic_ncols=True,
                file=sys.stderr)
     t0 = time.perf_counter() - run.seconds
+    # threads chosen automatically follow the free cores while the run trains (feds_lab.threads)
+    governor = ThreadGovernor(log=say) if device.type == "cpu" and not cfg.threads else None
     with _stop_on_signals() as stop:
         for step in range(run.step, cfg.steps):
+            if governor:
+                governor.tick()
             if plan.stage_at(step) is not run.stage:
                 run.stage = plan.stage_at(step)
                 if run.stage is Stage.FINE_TUNING:

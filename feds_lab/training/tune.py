@@ -230,6 +230,25 @@ class Search:
             trial.set_user_attr("note", f"no BD-rate: {e}")
             return BD_UNDEFINED
 
+    def enqueue(self, path: str | Path, log=print) -> int:
+        """Queue designed trials (a YAML list of parameter mappings, each a subset of :func:`suggest`'s;
+        the rest are drawn): probes chosen to tell the terms apart, run before the sampler's own.
+        A point already queued or tried is not queued again, so a restarted worker can pass the same file."""
+        points = yaml.safe_load(Path(path).read_text())
+        if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+            raise TuneError(f"{path}: expected a YAML list of parameter mappings (name: value)")
+        known = set(PRIOR)
+        for p in points:
+            if set(p) - known:
+                raise TuneError(f"{path}: unknown search parameter(s) {sorted(set(p) - known)}; known: {sorted(known)}")
+        study = self.study()
+        before = len(study.trials)
+        for p in points:
+            study.enqueue_trial(p, skip_if_exists=True)
+        added = len(study.trials) - before
+        log(f"[tune] {added} designed trial(s) queued from {path} ({len(points) - added} already there)")
+        return added
+
     def run(self, trials: int, log=print, wait: bool = False, seed: int | None = None) -> Any:
         """Run trials until the study holds ``trials`` finished ones (complete or pruned): a second
         call with the same number resumes a search, a larger one extends it. ``wait``: the teachers
@@ -315,6 +334,8 @@ def _cmd_tune(args) -> None:
     search = Search(cfg, storage=args.storage, study_name=args.study_name)
     print(f"[tune] study {search.study_name!r} in {search.storage_url}", file=sys.stderr)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    if args.enqueue:
+        search.enqueue(args.enqueue, log=log)
     study = search.run(args.trials, log=log, wait=args.wait, seed=args.seed) if args.trials else search.study()
     write_summary(search, study, log=lambda m: print(m, file=sys.stderr))
 
@@ -330,6 +351,8 @@ def add_tune_parser(sub) -> None:
                                      "journal:PATH (a file on a shared disk), or a database URL")
     p.add_argument("--study-name", dest="study_name", help="default: <pipeline name>-feds")
     p.add_argument("--seed", type=int, help="the sampler's seed (default: none, so that workers draw apart)")
+    p.add_argument("--enqueue", metavar="YAML",
+                   help="queue designed trials first: a list of parameter mappings (e.g. configs/tune/probes.yaml)")
     p.add_argument("--wait", action="store_true",
                    help="train no teacher or scratch run: wait for another process (a pipeline, a worker) to finish them")
     p.set_defaults(func=_cmd_tune)
