@@ -184,6 +184,11 @@ def _read_runs(runs: dict[str, str | Path]) -> dict[str, list[dict]]:
     return {label: read_metrics(path) for label, path in runs.items()}
 
 
+def _train_rows(rows: list[dict]) -> list[dict]:
+    """The "train" lines that carry losses: a line whose steps were all skipped (non-finite) has none."""
+    return [r for r in rows if r.get("kind") == "train" and "loss" in r]
+
+
 def _smooth(values, k: int = 9):
     v = np.asarray(values, dtype=float)
     if len(v) < 3 * k:
@@ -203,7 +208,7 @@ def training_curves(runs: dict[str, str | Path], title: str = "Training") -> Fig
     axes = fig.subplots(1, 3)
     for i, (label, rows) in enumerate(data.items()):
         c = f"C{i}"
-        tr = [r for r in rows if r.get("kind") == "train"]
+        tr = _train_rows(rows)
         val = [r for r in rows if r.get("kind") == "val"]
         if tr:
             steps = [r["step"] for r in tr]
@@ -316,7 +321,7 @@ def stage_curves(runs: dict[str, str | Path], title: str = "Training by stage") 
     (ax, axv) = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     shaded = False
     for i, (label, rows) in enumerate(data.items()):
-        tr = [r for r in rows if r.get("kind") == "train"]
+        tr = _train_rows(rows)
         if not tr:
             continue
         if not shaded and any(r["stage"] in ("feature_alignment", "channel_distillation") for r in tr):
@@ -347,7 +352,7 @@ def feature_alignment_by_tap(runs: dict[str, str | Path], title: str = "Feature-
     fig = Figure(figsize=(4.5 * n, 3.8), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False, sharey=True)
     for ax, (label, rows) in zip(axes[0], data.items()):
-        tr = [r for r in rows if r.get("kind") == "train"]
+        tr = _train_rows(rows)
         taps = sorted({k[5:] for r in tr for k in r if k.startswith("feat_") and k != "feat_loss"})
         for j, tap in enumerate(taps):
             pts = [(r["step"], r[f"feat_{tap}"]) for r in tr if f"feat_{tap}" in r]
@@ -380,7 +385,7 @@ def loss_balance(runs: dict[str, str | Path], title: str = "Loss balance by stag
     fig = Figure(figsize=(4.8 * n, 6.5), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False, sharex="col")
     for col, (label, rows) in enumerate(data.items()):
-        tr = [r for r in rows if r.get("kind") == "train"]
+        tr = _train_rows(rows)
         gr = [r for r in rows if r.get("kind") == "grad"]
         ax_v, ax_g = axes[0][col], axes[1][col]
         for ax in (ax_v, ax_g):

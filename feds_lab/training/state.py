@@ -69,7 +69,8 @@ MAX_STATE_BYTES = 8 << 30
 _KEYS = {"format": str, "step": int, "stage": str, "model": dict, "config": dict, "nonfinite": int, "skipped": int,
          "seconds": (int, float), "window": dict, "adapters": dict, "optimizer": dict, "aux_optimizer": dict,
          "rng": (list, tuple)}
-_OPTIONAL = {"scheduler": (dict, type(None)), "cuda_rng": (list, tuple, type(None)), "world_size": int}
+_OPTIONAL = {"scheduler": (dict, type(None)), "cuda_rng": (list, tuple, type(None)), "world_size": int,
+             "rewinds": int, "lr_scale": (int, float)}
 
 
 def _refusal(e: BaseException) -> str:
@@ -155,6 +156,10 @@ def _load_state(path: Path, map_location, steps: int | None) -> dict[str, Any]:
     for key in ("nonfinite", "skipped"):
         if key in state and state[key] < 0:
             raise bad(f"{key!r} is negative")
+    if "rewinds" in state and state["rewinds"] < 0:
+        raise bad("'rewinds' is negative")
+    if "lr_scale" in state and not (math.isfinite(state["lr_scale"]) and 0 < state["lr_scale"] <= 1):
+        raise bad("'lr_scale' is not in (0, 1]")
     if "seconds" in state and not (math.isfinite(state["seconds"]) and state["seconds"] >= 0):
         raise bad("'seconds' is not a finite, non-negative number")
     if "window" in state:

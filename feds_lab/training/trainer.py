@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import inspect
 import math
+import statistics
 import os
 import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,6 +60,11 @@ from .state import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, MetricsLo
                     clean_stale_temporaries, clear_run, load_state, save_state)
 
 KILL_HOOK_ENV = "FEDS_LAB_TEST_KILL_AT_STEP"
+SPIKE_HOOK_ENV = "FEDS_LAB_TEST_SPIKE_AT_STEP"  # tests: this step's loss x 1e4, once per process
+SPIKE_WINDOW = 50  # steps whose median L_RD a spike is measured against
+SPIKE_MIN_STEPS = 20  # no spike is called before this many finite steps (after a start or a rewind)
+REWIND_NONFINITE = 3  # non-finite steps in a row that count as a divergence (one alone is only skipped)
+_spikes_fired: set[int] = set()
 STATE_FORMAT = "feds-lab-train-state/1"
 
 
@@ -161,8 +168,14 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
     t0 = time.perf_counter() - run.seconds
     # threads chosen automatically follow the free cores while the run trains (feds_lab.threads)
     governor = ThreadGovernor(log=say) if device.type == "cpu" and not cfg.threads else None
+    if saved is None and cfg.rewind_spike and cfg.ckpt_every:
+        state = run.capture()  # step 0: a divergence before the first checkpoint has somewhere to go back to
+        state["stage"] = plan.stage_at(0).value
+        if dd.is_main:
+            save_state(state, out / STATE_FILE)
     with _stop_on_signals() as stop:
-        for step in range(run.step, cfg.steps):
+        while run.step < cfg.steps:  # a while, not a for: a rewind sets run.step back
+            step = run.step
             if governor:
                 governor.tick()
             if plan.stage_at(step) is not run.stage:
@@ -211,6 +224,10 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
                 bar.close()
                 raise TrainingInterrupted(f"stopped by signal after step {done}; state saved in {out / STATE_FILE}. "
                                           "Run the same command again to resume.")
+            if run.diverged() and not run.stopping:
+                _rewind(run, out, metrics, done, say)
+                bar.n = run.step
+                continue
             if run.nonfinite > cfg.max_nonfinite:
                 bar.close()
                 raise _too_many_nonfinite(cfg, out, run.nonfinite, done)
@@ -226,7 +243,8 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
     state = run.capture()
     if dd.is_main:
         save_state(state, out / STATE_FILE)  # kept, so that a run can be extended by hand
-        record = training_record(cfg, dd, teacher, seconds=run.seconds, skipped=run.skipped, val=val)
+        record = training_record(cfg, dd, teacher, seconds=run.seconds, skipped=run.skipped, val=val,
+                                 rewinds=run.rewinds)
         save_model(model, out / MODEL_FILE, record)  # written last: its presence marks a finished run
         say(f"{out / MODEL_FILE}: {cfg.steps} steps in {run.seconds:.0f} s"
             + (f", {run.skipped} skipped" if run.skipped else "")
@@ -250,6 +268,9 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
     run.optimizer.zero_grad(set_to_none=True)
     run.aux_optimizer.zero_grad(set_to_none=True)
     terms = step_fn(x, run.stage, teacher_out, weights.at(step))
+    if os.environ.get(SPIKE_HOOK_ENV) == str(step + 1) and step not in _spikes_fired:
+        _spikes_fired.add(step)
+        terms = {**terms, "rd_loss": terms["rd_loss"] * 1e4, "loss": terms["loss"] * 1e4}
 
     grads: dict[str, float] = {}
     if measure:
@@ -263,12 +284,16 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
         terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     finite = bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm))
-    bad, run.stopping = dd.any(not finite, stopping)  # every rank takes the same branch
-    if bad:  # skip the update: the weights stay as the last good step left them
+    rd = float(terms["rd_loss"].detach()) if finite else math.nan
+    spike = finite and run.is_spike(rd)
+    bad, run.spiked, run.stopping = dd.any(not finite, spike, stopping)  # every rank takes the same branch
+    if bad or run.spiked:  # skip the update: the weights stay as the last good step left them
         run.nonfinite, run.skipped = run.nonfinite + 1, run.skipped + 1
         if run.nonfinite == 1 and dd.is_main:
-            tqdm.write(f"step {step + 1}: non-finite loss or gradient, step skipped", file=sys.stderr)
+            what = "non-finite loss or gradient" if bad else f"L_RD {rd:.4g}, over {cfg.rewind_spike:g}x the recent median"
+            tqdm.write(f"step {step + 1}: {what}, step skipped", file=sys.stderr)
     else:
+        run.recent.append(rd)
         run.nonfinite = 0
         run.optimizer.step()
         aux_loss = objective.model.aux_loss()  # on the unwrapped model: it only touches the quantiles
@@ -278,6 +303,9 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this step used
     if run.scheduler is not None and step + 1 < cfg.steps:
         run.scheduler.step()  # even after a skipped step: the schedule is a function of the step
+        if run.lr_scale != 1.0:  # after a rewind (the scheduler computes each rate afresh from its peak)
+            for group in run.optimizer.param_groups:
+                group["lr"] *= run.lr_scale
     return terms, grads, lr
 
 
@@ -351,6 +379,18 @@ class TrainingState:
     seconds: float = 0.0
     stopping: bool = False
     window: _Window = field(default_factory=lambda: _Window())
+    rewinds: int = 0  # how many times the run went back to its last checkpoint after a divergence
+    lr_scale: float = 1.0  # rewind_lr_factor ** rewinds
+    spiked: bool = False  # the last step was skipped as a spike
+    recent: deque = field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # last steps' L_RD (not saved)
+
+    def is_spike(self, rd: float) -> bool:
+        """L_RD above ``rewind_spike`` x the median of the last steps' (once there are enough of them)."""
+        k = self.cfg.rewind_spike
+        return bool(k) and len(self.recent) >= SPIKE_MIN_STEPS and rd > k * statistics.median(self.recent)
+
+    def diverged(self) -> bool:
+        return bool(self.cfg.rewind_spike) and (self.spiked or self.nonfinite >= REWIND_NONFINITE)
 
     @classmethod
     def start(cls, cfg: TrainConfig, objective: TrainingObjective, weights: DistillationWeights, dd: Distributed,
@@ -369,7 +409,7 @@ class TrainingState:
         return {
             "format": STATE_FORMAT,
             "step": self.step,
-            "stage": self.stage.value,
+            "stage": self.stage.value if self.stage else None,  # None only before the first step (the caller names it)
             "nonfinite": self.nonfinite,
             "skipped": self.skipped,
             "seconds": self.seconds,
@@ -384,6 +424,8 @@ class TrainingState:
             "cuda_rng": self.dd.gather(torch.cuda.get_rng_state(self.dd.device).cpu()) if cuda else None,
             "world_size": self.dd.world_size,
             "config": self.cfg.to_dict(),
+            "rewinds": self.rewinds,
+            "lr_scale": self.lr_scale,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -399,6 +441,9 @@ class TrainingState:
         self.step, self.stage = state["step"], Stage(state["stage"])
         _restore_rng(state, self.dd, self.cfg.seed + self.step)
         self.nonfinite, self.skipped, self.seconds = state["nonfinite"], state["skipped"], state["seconds"]
+        self.rewinds, self.lr_scale = int(state.get("rewinds", 0)), float(state.get("lr_scale", 1.0))
+        self.spiked = False
+        self.recent.clear()
         self.window = _Window.from_state(state["window"], self.dd.device)  # a log line half-way through its steps
 
 
@@ -524,7 +569,7 @@ def run_kind(cfg: TrainConfig) -> str:
 
 
 def training_record(cfg: TrainConfig, dd: Distributed, teacher: nn.Module | None, seconds: float, skipped: int,
-                    val: dict[str, float] | None) -> dict[str, Any]:
+                    val: dict[str, float] | None, rewinds: int = 0) -> dict[str, Any]:
     """The record embedded in ``model.safetensors``: what was trained, on which budget, how it did."""
     from ..checkpoint import fingerprint
 
@@ -545,6 +590,7 @@ def training_record(cfg: TrainConfig, dd: Distributed, teacher: nn.Module | None
             "train_split": cfg.train_split,
             "wall_seconds": round(seconds, 2), "device": str(dd.device), "device_name": device_name,
             "threads": torch.get_num_threads(), "world_size": dd.world_size, "skipped_steps": skipped,
+            "rewinds": rewinds,
         },
         "val": val,
         "train_config": cfg.to_dict(),
@@ -604,6 +650,32 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _rewind(run: TrainingState, out: Path, metrics: MetricsLog, done: int, say) -> None:
+    """Back to the last checkpoint after a divergence, at ``rewind_lr_factor`` x the learning rate from
+    there on (rebuilding the optimisers for the checkpoint's stage); a "rewind" line in the metrics."""
+    cfg, dd = run.cfg, run.dd
+    if run.rewinds >= cfg.max_rewinds:
+        raise NonFiniteLossError(
+            f"the run diverged at step {done} after {run.rewinds} rewind(s) (max_rewinds={cfg.max_rewinds}): it "
+            f"stopped; its last good checkpoint is {out / STATE_FILE}. Try a lower lr, or a smaller lambda first.")
+    dd.barrier()
+    state = load_state(out / STATE_FILE, steps=cfg.steps)
+    stage = Stage(state["stage"])
+    run.optimizer, run.aux_optimizer = configure_optimizers(run.objective, cfg, adapters=stage is not Stage.FINE_TUNING)
+    run.scheduler = make_scheduler(run.optimizer, cfg)
+    rewinds, scale = run.rewinds + 1, run.lr_scale * cfg.rewind_lr_factor
+    run.restore(state)
+    run.rewinds, run.lr_scale = rewinds, scale
+    for group in run.optimizer.param_groups:  # the checkpoint's rate carries the old scale; the new one from here
+        group["lr"] *= cfg.rewind_lr_factor
+    if dd.is_main:
+        metrics.truncate_after(state["step"])
+        metrics.append({"step": state["step"], "stage": stage.value, "kind": "rewind", "from_step": done,
+                        "lr_scale": scale})
+    say(f"step {done}: diverged; back to the checkpoint of step {state['step']}, learning rate x{scale:g} from "
+        f"there (rewind {rewinds} of at most {cfg.max_rewinds})")
 
 
 def _test_kill_hook(step: int) -> None:
