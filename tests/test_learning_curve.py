@@ -18,7 +18,7 @@ from feds_lab.run_folder import split_curve_variant
 IMAGES = [f"img{i}" for i in range(5)]
 
 
-def _ladder(name, rate_factor, wall_seconds, tmp_path):
+def _ladder(name, rate_factor, steps, cost, tmp_path):
     """A synthetic 4-point curve: PSNR 20..26 dB at ``rate_factor`` x the base rates, per image."""
     rng = np.random.default_rng(sum(map(ord, name)))
     points, records = [], {}
@@ -26,7 +26,7 @@ def _ladder(name, rate_factor, wall_seconds, tmp_path):
         rows = [{"image": im, "bpp": bpp * rate_factor * (1 + 0.02 * rng.standard_normal()),
                  "psnr-rgb": psnr + 0.3 * j, "ms-ssim-rgb": 0.9} for j, im in enumerate(IMAGES)]
         points.append({"rows": rows, "setting": {"lmbda": k}})
-        records[str(k)] = {"budget": {"wall_seconds": wall_seconds / 4}}
+        records[str(k)] = {"budget": {"steps": steps, "wall_seconds": steps * cost}}
     path = tmp_path / f"{name}.json"
     save_results(make_results(name, points, meta={"records": records}), path)
     return path
@@ -54,9 +54,9 @@ def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
     for steps in (100, 200, 400):
         for kind, factor, cost in (("feds", 0.9, 2.0), ("scratch", 1.0, 1.0)):
             role = kind if steps == 200 else f"{kind}@{steps}"
-            files.append(_ladder(role, factor * (1.2 if steps == 100 else 1.0), steps * cost, tmp_path))
+            files.append(_ladder(role, factor * (1.2 if steps == 100 else 1.0), steps, cost, tmp_path))
             names[role] = role
-    files.append(_ladder("scratch@800", 0.8, 800, tmp_path))
+    files.append(_ladder("scratch@800", 0.8, 800, 1.0, tmp_path))
     names["scratch@800"] = "scratch@800"
     table = learning_curve_table(RDAnalysis(files=files, names=names, summary=None, params_speed=None, bootstrap=200),
                                  student_steps=200)
@@ -70,3 +70,8 @@ def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
     assert timed.loc[200, "seconds"] == pytest.approx(timed.loc[200, "anchor_seconds"])
     assert timed.loc[400, "bd_rate"] == pytest.approx(100 * (0.9 / 0.8 - 1), abs=2)  # scratch@800 is better
     assert not math.isnan(timed.loc[100, "bd_rate"])
+    from feds_lab.plots import learning_curve
+
+    fig = learning_curve(table)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["equal steps", "equal wall-clock"]

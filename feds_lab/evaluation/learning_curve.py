@@ -11,14 +11,17 @@ interval:
   nearest to FEDS's (in log time). A FEDS step runs the teacher forward and the distillation terms, so
   it costs more than a scratch step; scratch budgets past FEDS's longest make this row possible.
 
-Wall-clock is each ladder's training time summed over lambdas, from the checkpoints' records
-(``budget.wall_seconds``): it is only as fair as the conditions the runs trained in, so the study
-configs train every run alike (one thread each, side by side); the rows name both times.
+Wall-clock: a ladder's steps (summed over lambdas) times the cost of one step of its kind, the median
+over every run of that kind of ``budget.wall_seconds / steps`` from the checkpoints' records. The
+median over runs, rather than each ladder's own time, keeps one run trained on a busier machine from
+moving its ladder along the time axis; it is still only as fair as the conditions the runs trained in
+(the study configs train every run alike: one thread each, side by side). The rows name both times.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 import pandas as pd
@@ -37,15 +40,15 @@ def ladders(names: dict[str, str], student_steps: int) -> dict[str, dict[int, st
     return out
 
 
-def ladder_seconds(records: dict[str, Any]) -> float:
-    """Training wall-clock of one ladder (seconds, summed over lambdas) from a results file's meta records."""
-    total = 0.0
+def step_costs(records: dict[str, Any]) -> tuple[list[float], int]:
+    """(seconds per step of each run, steps summed over lambdas) of one ladder, from a results file's records."""
+    costs, steps = [], 0
     for rec in records.values():
-        seconds = ((rec or {}).get("budget") or {}).get("wall_seconds")
-        if seconds is None:
-            return math.nan
-        total += float(seconds)
-    return total
+        budget = (rec or {}).get("budget") or {}
+        if budget.get("wall_seconds") and budget.get("steps"):
+            costs.append(float(budget["wall_seconds"]) / int(budget["steps"]))
+        steps += int(budget.get("steps") or 0)
+    return costs, steps
 
 
 def learning_curve_table(analysis, student_steps: int, test: str = "feds", anchor: str = "scratch",
@@ -58,8 +61,13 @@ def learning_curve_table(analysis, student_steps: int, test: str = "feds", ancho
     lad = ladders(analysis.names, student_steps)
     if test not in lad or anchor not in lad:
         raise ValueError(f"a learning curve needs the variants {test!r} and {anchor!r}; the run has {sorted(lad)}")
-    seconds = {kind: {steps: ladder_seconds(load_results(by_name[name]).get("meta", {}).get("records", {}))
-                      for steps, name in lad[kind].items()} for kind in (test, anchor)}
+    seconds: dict[str, dict[int, float]] = {}
+    for kind in (test, anchor):
+        ladder = {steps: step_costs(load_results(by_name[name]).get("meta", {}).get("records", {}))
+                  for steps, name in lad[kind].items()}
+        costs = [c for per_run, _ in ladder.values() for c in per_run]
+        cost = statistics.median(costs) if costs else math.nan
+        seconds[kind] = {steps: total * cost for steps, (_, total) in ladder.items()}
     rows = []
     for steps, name in sorted(lad[test].items()):
         t_sec = seconds[test][steps]
