@@ -386,19 +386,21 @@ def run_pipeline(config: PipelineConfig, resume: bool = False, log=print, progre
     log(f"[pipeline] report: {index}")
     if config.figures_dir:
         copied = copy_key_figures(layout, Path(config.figures_dir))
-        log(f"[pipeline] {len(copied)} key figures copied to {config.figures_dir}/")
+        log(f"[pipeline] {len(copied)} key figures and tables copied to {config.figures_dir}/")
     total = time.perf_counter() - t_all
     log(f"[pipeline] finished in {total / 60:.1f} min: {layout.root}")
     return layout.root
 
 
 def copy_key_figures(layout: RunLayout, dest: Path) -> list[Path]:
+    """The key figures, and the tables they were drawn from (bd_rate.csv, params_speed.csv,
+    learning_curve.csv), so that a README's numbers can be checked against files in git."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name in KEY_FIGURES:
-        src = layout.figures / name
+    sources = [layout.figures / n for n in KEY_FIGURES] + [layout.bd_rate, layout.params_speed, layout.learning_curve]
+    for src in sources:
         if src.exists():
-            copied.append(Path(shutil.copy2(src, dest / name)))
+            copied.append(Path(shutil.copy2(src, dest / src.name)))
     return copied
 
 

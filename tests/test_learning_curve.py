@@ -75,3 +75,17 @@ def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
     fig = learning_curve(table)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["equal steps", "equal wall-clock"]
+
+
+def test_key_figures_travel_with_their_tables(tmp_path):
+    from feds_lab.pipeline import copy_key_figures
+    from feds_lab.run_folder import RunLayout
+
+    layout = RunLayout(tmp_path / "run")
+    layout.figures.mkdir(parents=True)
+    layout.results.mkdir(parents=True)
+    (layout.figures / "rd_psnr.png").write_bytes(b"png")
+    layout.bd_rate.write_text("anchor,test\n")
+    layout.learning_curve.write_text("comparison\n")
+    copied = copy_key_figures(layout, tmp_path / "figures")
+    assert sorted(p.name for p in copied) == ["bd_rate.csv", "learning_curve.csv", "rd_psnr.png"]
