@@ -321,10 +321,20 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
 def test_too_many_nonfinite_steps_stop_the_run(tmp_path, monkeypatch):
     _nan_at(monkeypatch, lambda step: step >= 4)
     with pytest.raises(NonFiniteLossError, match=r"3 non-finite steps in a row \(max_nonfinite=2\) at step 7.*step 4"):
-        train(quick(tmp_path, "nan", steps=10, ckpt_every=2, max_nonfinite=2))
+        train(quick(tmp_path, "nan", steps=10, ckpt_every=2, max_nonfinite=2, rewind_spike=0))
     out = tmp_path / "nan"
     assert load_state(out / STATE_FILE)["step"] == 4  # the last good checkpoint is kept
     assert not (out / MODEL_FILE).exists()
+
+
+@pytest.mark.slow
+def test_nonfinite_steps_that_persist_after_every_rewind_stop_the_run(tmp_path, monkeypatch):
+    _nan_at(monkeypatch, lambda step: step >= 4)  # the batches themselves: no learning rate helps
+    with pytest.raises(NonFiniteLossError, match=r"diverged at step 7 after 3 rewind"):
+        train(quick(tmp_path, "nan", steps=10, ckpt_every=2))
+    rewinds = [m for m in read_metrics(tmp_path / "nan") if m["kind"] == "rewind"]
+    assert [(m["step"], m["lr_scale"]) for m in rewinds] == [(4, 0.5), (4, 0.25), (4, 0.125)]
+    assert load_state(tmp_path / "nan" / STATE_FILE)["step"] == 4
 
 
 # --- command line --------------------------------------------------------------------------------
