@@ -32,7 +32,7 @@ import yaml
 from .errors import FedsLabError
 from .presets import PRESET_NAMES, train_preset
 from .report import write_report
-from .run_folder import KEY_FIGURES, NOTEBOOKS, RunLayout, curve_variant
+from .run_folder import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, RunLayout, curve_variant
 
 #: The notebooks' committed sources (NN_name.py, jupytext percent format) and their .ipynb.
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -397,7 +397,7 @@ def copy_key_figures(layout: RunLayout, dest: Path) -> list[Path]:
     learning_curve.csv), so that a README's numbers can be checked against files in git."""
     dest.mkdir(parents=True, exist_ok=True)
     copied = []
-    sources = [layout.figures / n for n in KEY_FIGURES] + [layout.bd_rate, layout.params_speed, layout.learning_curve]
+    sources = [layout.figures / n for n in KEY_FIGURES] + [layout.results / n for n in KEY_TABLES]
     for src in sources:
         if src.exists():
             copied.append(Path(shutil.copy2(src, dest / src.name)))

@@ -50,6 +50,8 @@ PIPELINE_FILE = "pipeline.yaml"
 RUN_STATE_FILE = "state.json"  # not training's state.pt: which notebooks completed
 BD_RATE_FILE = "bd_rate.csv"
 PARAMS_SPEED_FILE = "params_speed.csv"
+#: Tables copied beside the key figures (from runs/<name>/results/), so that numbers can be checked in git.
+KEY_TABLES = ("bd_rate.csv", "params_speed.csv", "learning_curve.csv")
 TEACHER_RESULTS_FILE = "teacher.json"
 ANCHORS_DIR = "anchors"
 REPORT_INDEX = "index.html"

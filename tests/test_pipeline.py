@@ -5,7 +5,7 @@ import json
 import pytest
 
 from feds_lab.errors import FedsLabError
-from feds_lab.pipeline import KEY_FIGURES, NOTEBOOKS, PipelineConfig, PipelineError, run_pipeline
+from feds_lab.pipeline import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, PipelineConfig, PipelineError, run_pipeline
 
 LAMBDAS = [0.0035, 0.0067, 0.013, 0.025]
 
@@ -56,7 +56,8 @@ def test_pipeline_writes_everything(pipeline_run):
     for fig in ("teacher_training_curves.png", "channel_entropy_heatmap.png", "distillation_curves.png", "rd_psnr.png"):
         assert (run / "figures" / fig).stat().st_size > 10_000
         assert (cfg.figures_dir and (run.parent.parent / "figures" / fig).is_file())
-    assert set(p.name for p in (run.parent.parent / "figures").iterdir()) <= set(KEY_FIGURES)
+    assert set(p.name for p in (run.parent.parent / "figures").iterdir()) <= set(KEY_FIGURES) | set(KEY_TABLES)
+    assert (run.parent.parent / "figures" / "bd_rate.csv").read_text() == (run / "results" / "bd_rate.csv").read_text()
     assert (run / "report" / "index.html").is_file()
     assert any("finished in" in line for line in logs)
 
