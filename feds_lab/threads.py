@@ -35,8 +35,9 @@ import os
 import sys
 import time
 
-#: set to "1" in the environment when OMP_NUM_THREADS was chosen here (not by the user): a child
-#: process (a notebook kernel) then chooses again from the load it sees, instead of inheriting it
+#: the thread count chosen here, in the environment beside OMP_NUM_THREADS (not set by the user): a
+#: child process (a notebook kernel) whose OMP_NUM_THREADS still equals it chooses again from the load
+#: it sees; one whose OMP_NUM_THREADS was set to something else (by a parent, a test) keeps that
 AUTO_MARK = "FEDS_LAB_THREADS_AUTO"
 #: set to "1" when OMP_WAIT_POLICY was set here: a child process decides again from the load it sees
 WAIT_MARK = "FEDS_LAB_WAIT_AUTO"
@@ -116,21 +117,26 @@ def configure_threads(environ: dict | None = None, sample_s: float = 0.1) -> int
     if env.get(WAIT_MARK) == "1":  # inherited from a parent that chose it: choose again here
         env.pop("OMP_WAIT_POLICY", None)
         env.pop(WAIT_MARK, None)
+    chosen = False
     if override and override != "auto":
         try:
             n = max(1, int(override))
         except ValueError:
             print(f"feds-lab: ignoring {OVERRIDE}={override!r} (a number, auto or torch)", file=sys.stderr)
-            n = default_threads(sample_s, env)
-    elif "OMP_NUM_THREADS" in env and env.get(AUTO_MARK) != "1" and override != "auto":
+            n, chosen = default_threads(sample_s, env), True
+    elif "OMP_NUM_THREADS" in env and env.get(AUTO_MARK) != env["OMP_NUM_THREADS"] and override != "auto":
+        env.pop(AUTO_MARK, None)
         return None  # the user's own
     else:
-        n = default_threads(sample_s, env)
+        n, chosen = default_threads(sample_s, env), True
     if n < len(allowed_cores()) and "OMP_WAIT_POLICY" not in env:  # a core is taken (by others, or our ranks)
         env["OMP_WAIT_POLICY"] = "PASSIVE"
         env[WAIT_MARK] = "1"
     env["OMP_NUM_THREADS"] = str(n)
-    env[AUTO_MARK] = "1"
+    if chosen:
+        env[AUTO_MARK] = str(n)
+    else:
+        env.pop(AUTO_MARK, None)  # FEDS_LAB_THREADS=<n>: the user's number
     if environ is None and "torch" in sys.modules:  # too late for the environment: tell torch directly
         sys.modules["torch"].set_num_threads(n)
     return n
@@ -148,8 +154,8 @@ def kernel_environment(threads: int | None = None) -> dict[str, str | None]:
         if not users_wait:
             passive = threads < len(allowed_cores())
             env.update(OMP_WAIT_POLICY="PASSIVE" if passive else None, **{WAIT_MARK: "1" if passive else None})
-    elif "OMP_NUM_THREADS" not in os.environ or os.environ.get(AUTO_MARK) == "1":
-        env[AUTO_MARK] = "1"  # the kernel's feds_lab import chooses again
+    elif "OMP_NUM_THREADS" not in os.environ or os.environ.get(AUTO_MARK) == os.environ["OMP_NUM_THREADS"]:
+        env[AUTO_MARK] = os.environ.get("OMP_NUM_THREADS", "auto")  # the kernel's feds_lab import chooses again
     return env
 
 
@@ -174,8 +180,10 @@ class ThreadGovernor:
         if _torch is None:
             import torch as _torch
         self.torch = _torch
-        self.active = os.environ.get(AUTO_MARK) == "1" and os.environ.get(OVERRIDE, "").lower() != "torch"
         self.ceiling = self.torch.get_num_threads()
+        # only where this module chose the count (and torch still runs with it): never against a user's choice
+        self.active = (os.environ.get(AUTO_MARK) == str(self.ceiling)
+                       and os.environ.get(OVERRIDE, "").strip().lower() in ("", "auto"))
         self.cores = allowed_cores()
         self.tick_hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last = None

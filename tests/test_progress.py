@@ -109,15 +109,17 @@ def test_configure_threads_respects_the_user_and_waits_passively_only_beside_oth
     monkeypatch.setattr(th, "free_cores", lambda sample_s=0.1: cores)  # a quiet machine
     env = {}
     assert configure_threads(env) == cores
-    assert "OMP_WAIT_POLICY" not in env and env["OMP_NUM_THREADS"] == str(cores) and env[AUTO_MARK] == "1"
+    assert "OMP_WAIT_POLICY" not in env and env["OMP_NUM_THREADS"] == str(cores) and env[AUTO_MARK] == str(cores)
     monkeypatch.setattr(th, "free_cores", lambda sample_s=0.1: 1)  # another process holds the other cores
     busy = {}
     assert configure_threads(busy) == 1
     assert (busy["OMP_WAIT_POLICY"] == "PASSIVE") == (cores > 1)
     # a child (a kernel) that inherited automatic choices chooses again, on the load it sees
     monkeypatch.setattr(th, "free_cores", lambda sample_s=0.1: cores)
-    busy["OMP_NUM_THREADS"] = "99"
     assert configure_threads(busy) == cores and "OMP_WAIT_POLICY" not in busy
+    # one whose OMP_NUM_THREADS a parent set to something else keeps it
+    busy["OMP_NUM_THREADS"] = "99"
+    assert configure_threads(busy) is None and busy["OMP_NUM_THREADS"] == "99" and AUTO_MARK not in busy
     # the user's own settings stand
     user = {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
     assert configure_threads(user) is None and user == {"OMP_NUM_THREADS": "3", "OMP_WAIT_POLICY": "ACTIVE"}
@@ -154,7 +156,7 @@ def test_the_governor_follows_other_processes(monkeypatch):
         clock["own"] += ours * seconds
         clock["busy"] += int(round((ours + others) * seconds * hz))
 
-    monkeypatch.setenv(AUTO_MARK, "1")
+    monkeypatch.setenv(AUTO_MARK, "2")  # the count chosen at the start
     monkeypatch.delenv("FEDS_LAB_THREADS", raising=False)
     torch = FakeTorch()
     gov = ThreadGovernor(every=10, _cpu_times=cpu_times, _own=lambda: clock["own"], _clock=lambda: clock["t"],
@@ -181,7 +183,7 @@ def test_kernel_environment_passes_threads_or_lets_the_kernel_choose(monkeypatch
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("FEDS_LAB_WAIT_AUTO", raising=False)
     env = kernel_environment(None)
-    assert env[AUTO_MARK] == "1" and "OMP_NUM_THREADS" not in env and "OMP_WAIT_POLICY" not in env
+    assert env[AUTO_MARK] and "OMP_NUM_THREADS" not in env and "OMP_WAIT_POLICY" not in env
     if len(allowed_cores()) > 1:
         assert kernel_environment(1)["OMP_WAIT_POLICY"] == "PASSIVE"  # one thread beside others: passive
     assert kernel_environment(len(allowed_cores()))["OMP_WAIT_POLICY"] is None  # all cores: OpenMP's own

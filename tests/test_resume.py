@@ -32,7 +32,8 @@ ARGS = ["--steps", "10", "--batch-size", "2", "--crop", "64", "--set", "ckpt_eve
 
 
 def _cli(out: Path, teacher: Path, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "FEDS_LAB_THREADS": "1", **(env_extra or {})}  # one thread, fixed: exact resume compares floats
     cmd = [sys.executable, "-m", "feds_lab.training.cli", "train", "student", "--teacher", str(teacher),
            "--out", str(out), *ARGS]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
