@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import inspect
 import math
-import statistics
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -48,9 +48,9 @@ from tqdm.auto import tqdm
 from ..checkpoint import load_model, load_weights, save_model
 from ..data import eval_images, load_dataset
 from ..errors import CheckpointError, FedsLabError
-from ..threads import ThreadGovernor
 from ..losses import RateDistortionLoss
 from ..models import build_model
+from ..threads import ThreadGovernor
 from . import distributed
 from .config import TRAIN_SPLITS, ConfigError, TrainConfig
 from .distributed import Distributed
@@ -283,8 +283,10 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
     else:
         terms["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    finite = bool(torch.isfinite(terms["loss"]) & torch.isfinite(grad_norm))
-    rd = float(terms["rd_loss"].detach()) if finite else math.nan
+    # one device sync per step: the loss and the norm for the finiteness check, L_RD for the spike check
+    loss_value, norm_value, rd = torch.stack([terms["loss"].detach(), grad_norm.detach().to(terms["loss"].dtype),
+                                              terms["rd_loss"].detach()]).tolist()
+    finite = math.isfinite(loss_value) and math.isfinite(norm_value)
     spike = finite and run.is_spike(rd)
     bad, run.spiked, run.stopping = dd.any(not finite, spike, stopping)  # every rank takes the same branch
     if bad or run.spiked:  # skip the update: the weights stay as the last good step left them
@@ -395,9 +397,7 @@ class TrainingState:
     @classmethod
     def start(cls, cfg: TrainConfig, objective: TrainingObjective, weights: DistillationWeights, dd: Distributed,
               saved: dict[str, Any] | None) -> TrainingState:
-        stage = Stage(saved["stage"]) if saved else None
-        optimizer, aux_optimizer = configure_optimizers(objective, cfg, adapters=stage is not Stage.FINE_TUNING)
-        run = cls(cfg, objective, weights, dd, optimizer, aux_optimizer, make_scheduler(optimizer, cfg))
+        run = cls(cfg, objective, weights, dd, *fresh_optimizers(objective, cfg, Stage(saved["stage"]) if saved else None))
         if saved:
             run.restore(saved)
         return run
@@ -448,6 +448,13 @@ class TrainingState:
 
 
 # --- optimisers and schedules -----------------------------------------------------------------------
+def fresh_optimizers(objective: TrainingObjective, cfg: TrainConfig, stage: Stage | None):
+    """(optimizer, aux_optimizer, scheduler) as a run in ``stage`` has them before its state is restored
+    into them: fine-tuning has no adapter group. For a new run, a resumed one and a rewind alike."""
+    optimizer, aux_optimizer = configure_optimizers(objective, cfg, adapters=stage is not Stage.FINE_TUNING)
+    return optimizer, aux_optimizer, make_scheduler(optimizer, cfg)
+
+
 def configure_optimizers(objective: TrainingObjective, cfg: TrainConfig, adapters: bool = True):
     """CompressAI's split: Adam over every parameter except the entropy bottleneck's quantiles
     (``*.quantiles``), and a second Adam over the quantiles, driven by ``model.aux_loss()``.
@@ -663,8 +670,7 @@ def _rewind(run: TrainingState, out: Path, metrics: MetricsLog, done: int, say) 
     dd.barrier()
     state = load_state(out / STATE_FILE, steps=cfg.steps)
     stage = Stage(state["stage"])
-    run.optimizer, run.aux_optimizer = configure_optimizers(run.objective, cfg, adapters=stage is not Stage.FINE_TUNING)
-    run.scheduler = make_scheduler(run.optimizer, cfg)
+    run.optimizer, run.aux_optimizer, run.scheduler = fresh_optimizers(run.objective, cfg, stage)
     rewinds, scale = run.rewinds + 1, run.lr_scale * cfg.rewind_lr_factor
     run.restore(state)
     run.rewinds, run.lr_scale = rewinds, scale
