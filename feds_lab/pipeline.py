@@ -108,6 +108,9 @@ class PipelineConfig:
     variants: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"feds": {}, "scratch": {"baseline": "scratch"}}
     )  #: student variants: name -> TrainConfig overrides (ablations go here)
+    #: the variant that stands for FEDS in notebook 04: student vs teacher and vs scratch, every other
+    #: variant (ablations) against it, and its learning curve against scratch's
+    reference: str = "feds"
     #: warm-start each lambda's run from the previous (smaller) lambda's model of the same kind, as
     #: METHOD.md suggests for short budgets: every model then says so in its record (warm_start)
     warm_start_ladder: bool = True
@@ -164,6 +167,8 @@ class PipelineConfig:
         for key in ("train", "variants"):
             if not isinstance(getattr(self, key), dict):
                 raise FedsLabError(f"{key} must be a mapping, got {getattr(self, key)!r}")
+        if self.reference not in self.variants:
+            raise FedsLabError(f"reference: {self.reference!r} is not a variant; the variants are {sorted(self.variants)}")
         new.variants = self._curve_variants(new.student_steps)
         new.student_family = self.student_family or self.family
         if new.eval_data is None and new.data in (None, "builtin") and new.eval_split == "val":

@@ -457,23 +457,30 @@ def tune_figure(summary: dict[str, Any], title: str = "FEDS search on tune-val")
 
 def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by budget") -> Figure:
     """feds_lab.evaluation.learning_curve.learning_curve_table: BD-rate of FEDS against scratch (95 %
-    bootstrap interval) by FEDS's budget, at equal steps and at equal wall-clock (each point labelled
-    with the scratch budget it was matched to). Below 0, FEDS needs fewer bits than scratch."""
+    bootstrap interval) by FEDS's budget, at equal steps (solid) and at equal wall-clock (dashed), each
+    point labelled with the scratch budget it was matched to; one colour per FEDS variant when the table
+    has several. Below 0, FEDS needs fewer bits than scratch."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    for k, (kind, rows) in enumerate(table.groupby("comparison", sort=False)):
+    table = table if "variant" in table.columns else table.assign(variant="feds")
+    several = table["variant"].nunique() > 1
+    groups = list(table.groupby(["variant", "comparison"], sort=False))
+    for k, ((variant, kind), rows) in enumerate(groups):
+        wall = kind != "equal steps"
+        colour = f"C{k}" if not several else f"C{list(dict.fromkeys(table['variant'])).index(variant)}"
         rows = rows.sort_values("steps")
         ok = rows[rows["bd_rate"].notna()]
-        x = ok["steps"] * (1.03 if k else 1 / 1.03)  # side by side, not on top of each other
+        x = ok["steps"] * (1.03 ** (k - (len(groups) - 1) / 2))  # side by side, not on top of each other
         err = None
         if {"ci_low", "ci_high"} <= set(ok.columns) and ok["ci_low"].notna().all():
             err = [ok["bd_rate"] - ok["ci_low"], ok["ci_high"] - ok["bd_rate"]]
-        ax.errorbar(x, ok["bd_rate"], yerr=err, marker="o", capsize=3, color=f"C{k}", label=kind)
+        ax.errorbar(x, ok["bd_rate"], yerr=err, marker="s" if wall else "o", capsize=3, color=colour,
+                    ls="--" if wall and several else "-", label=f"{variant}, {kind}" if several else kind)
         for xi, (_, r) in zip(x, ok.iterrows()):
             ax.annotate(f"vs {int(r['anchor_steps'])}", (xi, r["bd_rate"]), textcoords="offset points",
-                        xytext=(5, -11 if k else 5), fontsize=7, color=f"C{k}")
+                        xytext=(5, -11 if wall else 5), fontsize=7, color=colour)
         for _, r in rows[rows["bd_rate"].isna()].iterrows():
-            ax.annotate("not computable", (r["steps"], 0), fontsize=7, color=f"C{k}", rotation=90)
+            ax.annotate("not computable", (r["steps"], 0), fontsize=7, color=colour, rotation=90)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log", base=2)
     steps = sorted(table["steps"].unique())

@@ -81,7 +81,8 @@ students
 # %%
 from feds_lab import plots
 
-shown = [v for v in cfg.variants if "@" not in v][:3]  # not the learning curve's ladders: notebook 04 draws those
+# the reference first; not the learning curve's ladders (notebook 04 draws those)
+shown = list(dict.fromkeys([cfg.reference, *(v for v in cfg.variants if "@" not in v)]))[:3]
 fig = plots.stage_curves({f"{v} λ={l:g}": layout.student(v, l) for v in shown for l in cfg.lambdas},
                          title=f"Student training by stage ({cfg.budget_label('student')})")
 plots.save_figure(fig, layout.figure("distillation_curves.png"))
@@ -96,7 +97,8 @@ fig
 # below it does nothing.
 
 # %%
-distilled = [v for v in cfg.variants if cfg.train_config("student", cfg.lambdas[0], variant=v).distills]
+distilled = [v for v in dict.fromkeys([cfg.reference, *cfg.variants])  # the reference first
+             if cfg.train_config("student", cfg.lambdas[0], variant=v).distills]
 fig = plots.loss_balance({f"{v} λ={l:g}": layout.student(v, l) for v in distilled[:2] for l in cfg.lambdas[1:3]},
                          title=f"Loss balance ({cfg.budget_label('student')})")
 plots.save_figure(fig, layout.figure("loss_balance.png"))
@@ -108,7 +110,7 @@ fig
 # How well the adapted student features match the teacher's, per tapped stage, during stages 1-2.
 
 # %%
-fig = plots.feature_alignment_by_tap({f"λ={l:g}": layout.student("feds", l) for l in cfg.lambdas})
+fig = plots.feature_alignment_by_tap({f"λ={l:g}": layout.student(cfg.reference, l) for l in cfg.lambdas})
 plots.save_figure(fig, layout.figure("feature_alignment_by_tap.png"))
 fig
 

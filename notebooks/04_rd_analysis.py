@@ -122,15 +122,17 @@ ps.round(3)
 # ## Learning curve: does the gap to scratch move as the student trains longer? (when the run has one)
 #
 # With `learning_curve` set (e.g. `{feds: [150, 300, 600], scratch: [150, 300, 600, 1200]}`) every listed
-# variant is also trained at those budgets. Blue: FEDS against scratch at the same steps per λ. Orange:
-# against the scratch ladder whose training took about as long (a FEDS step also runs the teacher and
-# the distillation terms); each point names the scratch budget it was matched to.
+# variant is also trained at those budgets. Circles: FEDS against scratch at the same steps per λ.
+# Squares: against the scratch ladder whose training took about as long (a FEDS step also runs the
+# teacher and the distillation terms); each point names the scratch budget it was matched to. The
+# reference variant (`reference`) comes first; every other variant with a curve gets its own colour.
 
 # %%
 from feds_lab.evaluation.learning_curve import learning_curve_table
 
 if cfg.learning_curve:
-    curve = learning_curve_table(results, cfg.student_steps)
+    curve_variants = [cfg.reference] + [v for v in cfg.learning_curve if v not in (cfg.reference, "scratch")]
+    curve = learning_curve_table(results, cfg.student_steps, test=curve_variants)
     curve.to_csv(layout.learning_curve, index=False)
     fig = plots.learning_curve(curve, title=f"FEDS vs scratch by budget, {len(images)} held-out images "
                                             f"({cfg.preset} preset)")

@@ -89,3 +89,34 @@ def test_key_figures_travel_with_their_tables(tmp_path):
     layout.learning_curve.write_text("comparison\n")
     copied = copy_key_figures(layout, tmp_path / "figures")
     assert sorted(p.name for p in copied) == ["bd_rate.csv", "learning_curve.csv", "rd_psnr.png"]
+
+
+def test_the_reference_variant_is_what_every_other_variant_is_measured_against(tmp_path):
+    names = {r: f"student {r}" for r in ("feds", "feds_tuned", "scratch", "no_align", "feds_tuned@100")}
+    names.update(teacher="teacher", **{"anchor:jpeg": "JPEG"})
+    pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, reference="feds_tuned").comparisons()
+    assert ("teacher", "student feds_tuned") in pairs and ("student scratch", "student feds_tuned") in pairs
+    # the prior and the ablation against the reference and against scratch; no ladder point (@) in this table
+    for other in ("student feds", "student no_align"):
+        assert ("student feds_tuned", other) in pairs and ("student scratch", other) in pairs
+    assert not any("@" in a or "@" in t for a, t in pairs)
+    assert ("teacher", "student feds") not in pairs  # feds is only a variant here
+    with pytest.raises(FedsLabError, match="reference: 'fedz' is not a variant"):
+        PipelineConfig(runs_dir=str(tmp_path), reference="fedz").resolved()
+
+
+def test_a_table_of_several_feds_variants_keeps_them_apart(tmp_path):
+    files, names = [], {}
+    for role, factor in (("feds", 1.1), ("feds@100", 1.3), ("tuned", 0.9), ("tuned@100", 1.0),
+                         ("scratch", 1.0), ("scratch@100", 1.2)):
+        files.append(_ladder(role, factor, 100 if "@" in role else 200, 1.0, tmp_path))
+        names[role] = role
+    table = learning_curve_table(RDAnalysis(files=files, names=names, summary=None, params_speed=None, bootstrap=50),
+                                 student_steps=200, test=["tuned", "feds"])
+    assert list(dict.fromkeys(table["variant"])) == ["tuned", "feds"]
+    same = table[table.comparison == "equal steps"].set_index(["variant", "steps"])["bd_rate"]
+    assert same[("tuned", 200)] == pytest.approx(-10, abs=2) and same[("feds", 200)] == pytest.approx(10, abs=2)
+    from feds_lab.plots import learning_curve
+
+    labels = [t.get_text() for t in learning_curve(table).axes[0].get_legend().get_texts()]
+    assert labels == ["tuned, equal steps", "tuned, equal wall-clock", "feds, equal steps", "feds, equal wall-clock"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -51,9 +52,14 @@ def step_costs(records: dict[str, Any]) -> tuple[list[float], int]:
     return costs, steps
 
 
-def learning_curve_table(analysis, student_steps: int, test: str = "feds", anchor: str = "scratch",
+def learning_curve_table(analysis, student_steps: int, test: str | Sequence[str] = "feds", anchor: str = "scratch",
                          metric: str = "psnr") -> pd.DataFrame:
-    """One row per (comparison, FEDS budget): BD-rate (%) of ``test`` against ``anchor``, interval, times."""
+    """One row per (FEDS variant, comparison, budget): BD-rate (%) of ``test`` against ``anchor``, its
+    interval and both times. ``test``: one variant, or several (e.g. the tuned FEDS and the search's
+    prior), each with its own rows (column ``variant``)."""
+    if not isinstance(test, str):
+        tables = [learning_curve_table(analysis, student_steps, t, anchor, metric) for t in test]
+        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     from .evaluate import load_results
     from .rd_analysis import bd_table
 
@@ -76,7 +82,7 @@ def learning_curve_table(analysis, student_steps: int, test: str = "feds", ancho
         matches["equal wall-clock"] = (min(timed, key=lambda s: abs(math.log(timed[s] / t_sec)))
                                        if timed and t_sec > 0 and not math.isnan(t_sec) else None)
         for kind, a_steps in matches.items():
-            row = {"comparison": kind, "steps": steps, "anchor_steps": a_steps, "seconds": t_sec,
+            row = {"variant": test, "comparison": kind, "steps": steps, "anchor_steps": a_steps, "seconds": t_sec,
                    "anchor_seconds": seconds[anchor].get(a_steps, math.nan) if a_steps else math.nan}
             if a_steps is None:
                 row.update(bd_rate=math.nan, note="no scratch ladder to match")

@@ -104,27 +104,29 @@ class RDAnalysis:
     summary: pd.DataFrame
     params_speed: pd.DataFrame
     bootstrap: int = 1000
+    reference: str = "feds"  # the role that stands for FEDS (PipelineConfig.reference)
     _bd: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def comparisons(self) -> list[tuple[str, str]]:
-        """(anchor, test) curve names: student vs teacher, FEDS vs scratch, ablations vs FEDS and vs
-        scratch, all vs JPEG.
+        """(anchor, test) curve names: student vs teacher, FEDS (``reference``) vs scratch, ablations vs
+        FEDS and vs scratch, all vs JPEG.
 
         Scratch vs teacher is there to test the method's premise: distillation can only pass on what
         the teacher knows better than a student trained alone (at short budgets it may know less).
         """
         # a learning curve's ladders (``feds@600`` ...) have their own table (evaluation.learning_curve)
         n = {role: name for role, name in self.names.items() if "@" not in role}
+        ref = self.reference
         pairs = []
-        if "feds" in n and "teacher" in n:
-            pairs.append((n["teacher"], n["feds"]))
+        if ref in n and "teacher" in n:
+            pairs.append((n["teacher"], n[ref]))
         if "scratch" in n and "teacher" in n:
             pairs.append((n["teacher"], n["scratch"]))
-        if "feds" in n and "scratch" in n:
-            pairs.append((n["scratch"], n["feds"]))
+        if ref in n and "scratch" in n:
+            pairs.append((n["scratch"], n[ref]))
         for role, name in n.items():
-            if role not in ("teacher", "feds", "scratch") and not role.startswith("anchor:") and "feds" in n:
-                pairs.append((n["feds"], name))
+            if role not in ("teacher", ref, "scratch") and not role.startswith("anchor:") and ref in n:
+                pairs.append((n[ref], name))
                 if "scratch" in n:  # and against training alone: does the variant beat the baseline?
                     pairs.append((n["scratch"], name))
         if "anchor:jpeg" in n:
@@ -191,4 +193,5 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
         ps["params ratio"] = ps["params (M)"] / ref["params (M)"]
         ps["enc+dec ratio"] = (ps["encode (ms)"] + ps["decode (ms)"]) / (ref["encode (ms)"] + ref["decode (ms)"])
         ps["threads"] = torch.get_num_threads()
-    return RDAnalysis(files=files, names=names, summary=pd.DataFrame(rows), params_speed=ps, bootstrap=bootstrap)
+    return RDAnalysis(files=files, names=names, summary=pd.DataFrame(rows), params_speed=ps, bootstrap=bootstrap,
+                      reference=getattr(cfg, "reference", "feds"))
