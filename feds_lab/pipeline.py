@@ -111,6 +111,9 @@ class PipelineConfig:
     #: the variant that stands for FEDS in notebook 04: student vs teacher and vs scratch, every other
     #: variant (ablations) against it, and its learning curve against scratch's
     reference: str = "feds"
+    #: more (anchor, test) pairs for notebook 04's BD table, as variant names or "teacher": e.g. a
+    #: cross-family student (a variant with its own ``family``) against its own scratch baseline
+    comparisons: list[list[str]] = field(default_factory=list)
     #: warm-start each lambda's run from the previous (smaller) lambda's model of the same kind, as
     #: METHOD.md suggests for short budgets: every model then says so in its record (warm_start)
     warm_start_ladder: bool = True
@@ -169,6 +172,14 @@ class PipelineConfig:
                 raise FedsLabError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         if self.reference not in self.variants:
             raise FedsLabError(f"reference: {self.reference!r} is not a variant; the variants are {sorted(self.variants)}")
+        for pair in self.comparisons or []:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise FedsLabError(f"comparisons: each entry is [anchor, test], got {pair!r}")
+            unknown = [v for v in pair if v != "teacher" and v not in self.variants]
+            if unknown:
+                raise FedsLabError(f"comparisons: {unknown} not variants (or 'teacher'); the variants are "
+                                   f"{sorted(self.variants)}")
+        new.comparisons = [list(pair) for pair in self.comparisons or []]
         new.variants = self._curve_variants(new.student_steps)
         new.student_family = self.student_family or self.family
         if new.eval_data is None and new.data in (None, "builtin") and new.eval_split == "val":

@@ -105,6 +105,24 @@ def test_the_reference_variant_is_what_every_other_variant_is_measured_against(t
         PipelineConfig(runs_dir=str(tmp_path), reference="fedz").resolved()
 
 
+def test_a_config_adds_its_own_pairs_and_a_variant_its_own_family(tmp_path):
+    """Cross-family: a transformer teacher distils a CNN student (a variant with ``family: cnn``),
+    measured against the CNN scratch baseline that ``comparisons`` names."""
+    variants = {"feds": {}, "scratch": {"baseline": "scratch"}, "cnn_feds": {"family": "cnn"},
+                "cnn_scratch": {"family": "cnn", "baseline": "scratch"}}
+    cfg = PipelineConfig(runs_dir=str(tmp_path), family="transformer", variants=variants,
+                         comparisons=[["cnn_scratch", "cnn_feds"], ["teacher", "cnn_feds"]]).resolved()
+    assert cfg.train_config("student", cfg.lambdas[0], "cnn_feds").family == "cnn"
+    assert cfg.train_config("student", cfg.lambdas[0], "feds").family == "transformer"
+    names = {r: f"student {r}" for r in variants} | {"teacher": "teacher"}
+    pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, extra=cfg.comparisons).comparisons()
+    assert ("student cnn_scratch", "student cnn_feds") in pairs and ("teacher", "student cnn_feds") in pairs
+    assert len(pairs) == len(set(pairs))  # a pair the rules already make is not made twice
+    for bad, match in (([["cnn_scratch", "cnn_fedz"]], "not variants"), ([["scratch"]], r"\[anchor, test\]")):
+        with pytest.raises(FedsLabError, match=match):
+            PipelineConfig(runs_dir=str(tmp_path), variants=variants, comparisons=bad).resolved()
+
+
 def test_a_table_of_several_feds_variants_keeps_them_apart(tmp_path):
     files, names = [], {}
     for role, factor in (("feds", 1.1), ("feds@100", 1.3), ("tuned", 0.9), ("tuned@100", 1.0),

@@ -105,11 +105,12 @@ class RDAnalysis:
     params_speed: pd.DataFrame
     bootstrap: int = 1000
     reference: str = "feds"  # the role that stands for FEDS (PipelineConfig.reference)
+    extra: list = field(default_factory=list)  # more (anchor role, test role) pairs (PipelineConfig.comparisons)
     _bd: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def comparisons(self) -> list[tuple[str, str]]:
         """(anchor, test) curve names: student vs teacher, FEDS (``reference``) vs scratch, ablations vs
-        FEDS and vs scratch, all vs JPEG.
+        FEDS and vs scratch, the config's own pairs (``extra``), all vs JPEG.
 
         Scratch vs teacher is there to test the method's premise: distillation can only pass on what
         the teacher knows better than a student trained alone (at short budgets it may know less).
@@ -129,6 +130,9 @@ class RDAnalysis:
                 pairs.append((n[ref], name))
                 if "scratch" in n:  # and against training alone: does the variant beat the baseline?
                     pairs.append((n["scratch"], name))
+        for a, t in self.extra:
+            if a in n and t in n and (n[a], n[t]) not in pairs:
+                pairs.append((n[a], n[t]))
         if "anchor:jpeg" in n:
             for role, name in n.items():
                 if not role.startswith("anchor:"):
@@ -171,7 +175,8 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
     add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget['teacher']}"), layout.teacher_results)
     for variant in dict.fromkeys(v for v, _ in students):
         ckpts = {l: p for (v, l), p in students.items() if v == variant}
-        label = f"student {variant} ({cfg.student_family})"
+        family = cfg.train_config("student", cfg.lambdas[0], variant=variant).family  # a variant may set its own
+        label = f"student {variant} ({family})"
         add(variant, evaluate_curve(label, ckpts, images, f"student variant {variant!r}, {budget['student']}"),
             layout.student_results(variant))
     if cfg.anchors:
@@ -194,4 +199,4 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
         ps["enc+dec ratio"] = (ps["encode (ms)"] + ps["decode (ms)"]) / (ref["encode (ms)"] + ref["decode (ms)"])
         ps["threads"] = torch.get_num_threads()
     return RDAnalysis(files=files, names=names, summary=pd.DataFrame(rows), params_speed=ps, bootstrap=bootstrap,
-                      reference=getattr(cfg, "reference", "feds"))
+                      reference=cfg.reference, extra=[tuple(p) for p in cfg.comparisons])
