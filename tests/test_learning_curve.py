@@ -70,6 +70,12 @@ def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
     assert timed.loc[200, "seconds"] == pytest.approx(timed.loc[200, "anchor_seconds"])
     assert timed.loc[400, "bd_rate"] == pytest.approx(100 * (0.9 / 0.8 - 1), abs=2)  # scratch@800 is better
     assert not math.isnan(timed.loc[100, "bd_rate"])
+    # without scratch@800, FEDS at 400 steps has no scratch ladder near its time: no figure, not scratch@400's
+    short = [f for f in files if "scratch@800" not in f.name]
+    table = learning_curve_table(RDAnalysis(files=short, names={k: v for k, v in names.items() if k != "scratch@800"},
+                                            summary=None, params_speed=None, bootstrap=50), student_steps=200)
+    row = table[(table.comparison == "equal wall-clock") & (table.steps == 400)].iloc[0]
+    assert math.isnan(row["bd_rate"]) and "within 1.5x" in row["note"]
     from feds_lab.plots import learning_curve
 
     fig = learning_curve(table)

@@ -8,7 +8,8 @@ interval:
 
 - ``equal steps``: FEDS at B steps per lambda against scratch at B;
 - ``equal wall-clock``: FEDS at B against the scratch ladder whose training took the wall-clock time
-  nearest to FEDS's (in log time). A FEDS step runs the teacher forward and the distillation terms, so
+  nearest to FEDS's (in log time), if it is within ``WALL_CLOCK_TOLERANCE`` of it (else no figure).
+  A FEDS step runs the teacher forward and the distillation terms, so
   it costs more than a scratch step; scratch budgets past FEDS's longest make this row possible.
 
 Wall-clock: a ladder's steps (summed over lambdas) times the cost of one step of its kind, the median
@@ -28,6 +29,10 @@ from typing import Any
 import pandas as pd
 
 from ..run_folder import split_curve_variant
+
+
+#: an equal wall-clock row needs a scratch ladder whose time is within this factor of FEDS's
+WALL_CLOCK_TOLERANCE = 1.5
 
 
 def ladders(names: dict[str, str], student_steps: int) -> dict[str, dict[int, str]]:
@@ -79,13 +84,18 @@ def learning_curve_table(analysis, student_steps: int, test: str | Sequence[str]
         t_sec = seconds[test][steps]
         matches = {"equal steps": steps if steps in lad[anchor] else None}
         timed = {s: v for s, v in seconds[anchor].items() if v > 0 and not math.isnan(v)}
-        matches["equal wall-clock"] = (min(timed, key=lambda s: abs(math.log(timed[s] / t_sec)))
-                                       if timed and t_sec > 0 and not math.isnan(t_sec) else None)
+        nearest = (min(timed, key=lambda s: abs(math.log(timed[s] / t_sec)))
+                   if timed and t_sec > 0 and not math.isnan(t_sec) else None)
+        # the nearest only if it is near: otherwise the row would repeat an unequal comparison
+        matches["equal wall-clock"] = (nearest if nearest is not None
+                                       and abs(math.log(timed[nearest] / t_sec)) <= math.log(WALL_CLOCK_TOLERANCE)
+                                       else None)
         for kind, a_steps in matches.items():
             row = {"variant": test, "comparison": kind, "steps": steps, "anchor_steps": a_steps, "seconds": t_sec,
                    "anchor_seconds": seconds[anchor].get(a_steps, math.nan) if a_steps else math.nan}
             if a_steps is None:
-                row.update(bd_rate=math.nan, note="no scratch ladder to match")
+                row.update(bd_rate=math.nan, note=f"no {anchor} ladder within {WALL_CLOCK_TOLERANCE:g}x of its time"
+                           if kind == "equal wall-clock" else f"no {anchor} ladder at {steps} steps")
             else:
                 r = bd_table(by_name[lad[anchor][a_steps]], [by_name[name]], metric=metric,
                              bootstrap=analysis.bootstrap, strict=False)[0]
