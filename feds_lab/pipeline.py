@@ -32,7 +32,7 @@ import yaml
 from .errors import FedsLabError
 from .presets import PRESET_NAMES, train_preset
 from .report import write_report
-from .run_folder import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, RunLayout, curve_variant
+from .run_folder import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, RunLayout, curve_variant, seed_variant
 
 #: The notebooks' committed sources (NN_name.py, jupytext percent format) and their .ipynb.
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -129,6 +129,12 @@ class PipelineConfig:
     #: evaluated like any variant; notebook 04 draws FEDS against scratch by budget, at equal steps
     #: and at equal wall-clock (so give scratch budgets past FEDS's: a FEDS step costs more)
     learning_curve: dict[str, list[int]] = field(default_factory=dict)
+    #: more seeds (issue 13): {variant: [seeds]}; each seed adds the variant ``<variant>_s<seed>`` (the same
+    #: overrides, ``seed`` replaced: the student's initial weights, its crops, its quantisation noise; the
+    #: teachers stay this config's), trained and evaluated like any variant. Notebook 04 compares each
+    #: seed with the same seed of scratch and pools every seed of a variant against every seed of scratch
+    #: (evaluation.seeds: a bootstrap over seeds and images); at short budgets one seed is not an answer
+    seeds: dict[str, list[int]] = field(default_factory=dict)
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
     #: torch threads in every notebook kernel (evaluation, analysis) and in every training run whose
@@ -172,15 +178,15 @@ class PipelineConfig:
                 raise FedsLabError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         if self.reference not in self.variants:
             raise FedsLabError(f"reference: {self.reference!r} is not a variant; the variants are {sorted(self.variants)}")
+        new.variants = self._seed_variants(self._curve_variants(new.student_steps))
         for pair in self.comparisons or []:
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                 raise FedsLabError(f"comparisons: each entry is [anchor, test], got {pair!r}")
-            unknown = [v for v in pair if v != "teacher" and v not in self.variants]
+            unknown = [v for v in pair if v != "teacher" and v not in new.variants]
             if unknown:
                 raise FedsLabError(f"comparisons: {unknown} not variants (or 'teacher'); the variants are "
-                                   f"{sorted(self.variants)}")
+                                   f"{sorted(new.variants)}")
         new.comparisons = [list(pair) for pair in self.comparisons or []]
-        new.variants = self._curve_variants(new.student_steps)
         new.student_family = self.student_family or self.family
         if new.eval_data is None and new.data in (None, "builtin") and new.eval_split == "val":
             # the built-in default evaluates on its evaluation set (data.BUILTIN_EVAL: 6 photographs none of
@@ -300,6 +306,40 @@ class PipelineConfig:
                 if steps != student_steps:
                     variants[curve_variant(base, steps)] = {**(self.variants[base] or {}), "steps": steps}
         return variants
+
+    def _seed_variants(self, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``variants`` with the ``<variant>_s<seed>`` entries of ``seeds`` added (idempotent)."""
+        if not isinstance(self.seeds or {}, dict):
+            raise FedsLabError(f"seeds must be a mapping {{variant: [seed, ...]}}, got {self.seeds!r}")
+        variants = dict(variants)
+        for base, seeds in self.seed_groups().items():
+            for seed, name in seeds.items():
+                if name == base:
+                    continue
+                entry = {**(self.variants[base] or {}), "seed": seed}
+                if name in self.variants and self.variants[name] != entry:
+                    raise FedsLabError(f"seeds: {base!r} seed {seed} makes the variant {name!r}, which the config "
+                                       f"already has with other overrides ({self.variants[name]!r})")
+                variants[name] = entry
+        return variants
+
+    def seed_groups(self) -> dict[str, dict[int, str]]:
+        """{variant: {seed: variant name}} of every variant in ``seeds``, its own seed included."""
+        groups: dict[str, dict[int, str]] = {}
+        for base, seeds in (self.seeds or {}).items():
+            if base not in self.variants or "@" in base:
+                raise FedsLabError(f"seeds names {base!r}, which is not a variant; known: {list(self.variants)}")
+            if not isinstance(seeds, list) or not seeds:
+                raise FedsLabError(f"seeds[{base!r}] must be a list of seeds, got {seeds!r}")
+            own = (self.variants[base] or {}).get("seed", self.seed)
+            groups[base] = {own: base}
+            for seed in seeds:
+                if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                    raise FedsLabError(f"seeds[{base!r}]: each seed is a non-negative integer, got {seed!r}")
+                if seed in groups[base]:
+                    raise FedsLabError(f"seeds[{base!r}] repeats seed {seed} (the variant's own seed is {own})")
+                groups[base][seed] = seed_variant(base, seed)
+        return groups
 
     def _teacher_overrides(self, lmbda: float) -> dict[str, Any]:
         given = {float(k): v for k, v in (self.teacher_overrides or {}).items()}

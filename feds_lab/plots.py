@@ -479,8 +479,10 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
         for xi, (_, r) in zip(x, ok.iterrows()):
             ax.annotate(f"vs {int(r['anchor_steps'])}", (xi, r["bd_rate"]), textcoords="offset points",
                         xytext=(5, -11 if wall else 5), fontsize=7, color=colour)
-        for _, r in rows[rows["bd_rate"].isna()].iterrows():
-            ax.annotate("not computable", (r["steps"], 0), fontsize=7, color=colour, rotation=90)
+        for _, r in rows[rows["bd_rate"].isna()].iterrows():  # no scratch ladder to match, or no BD figure
+            label = "no match" if pd.isna(r["anchor_steps"]) else "not computable"
+            ax.annotate(f"{label} ({'wall-clock' if wall else 'steps'})", (r["steps"], 0), fontsize=7,
+                        color=colour, rotation=90)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log", base=2)
     steps = sorted(table["steps"].unique())
@@ -489,4 +491,43 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
            ylabel="BD-rate of FEDS vs scratch (%), lower is better", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return fig
+
+
+def seed_comparison(table: pd.DataFrame, title: str = "Each seed against scratch, and all seeds pooled") -> Figure:
+    """feds_lab.evaluation.seeds.seed_table: BD-rate against scratch of each seed's pair (circles, 95 %
+    bootstrap over images) and of the seeds pooled (a diamond, 95 % bootstrap over seeds and images), one
+    row of the plot per variant. Below 0 the variant needs fewer bits than scratch."""
+    variants = list(dict.fromkeys(table["variant"]))
+    fig = Figure(figsize=(7.5, 1.2 + 0.9 * len(variants)), layout="constrained")
+    ax = fig.subplots()
+    for k, variant in enumerate(variants):
+        rows = table[table["variant"] == variant]
+        seeds = rows[rows["comparison"] != "pooled"]
+        pooled = rows[rows["comparison"] == "pooled"]
+        ok = seeds[seeds["bd_rate"].notna()]
+        y = k + 0.25 + 0.3 * np.linspace(-1, 1, max(len(ok), 1))[: len(ok)]
+        err = None
+        if {"ci_low", "ci_high"} <= set(ok.columns) and ok["ci_low"].notna().all():
+            err = [ok["bd_rate"] - ok["ci_low"], ok["ci_high"] - ok["bd_rate"]]
+        ax.errorbar(ok["bd_rate"], y, xerr=err, fmt="o", ms=4, capsize=2, color="C0", alpha=0.8,
+                    label="one seed vs the same seed of scratch (images)" if k == 0 else None)
+        for yi, (_, r) in zip(y, ok.iterrows()):
+            ax.annotate(f"s{r['seed']}", (r["bd_rate"], yi), textcoords="offset points", xytext=(4, 2), fontsize=7)
+        for _, r in pooled.iterrows():
+            if np.isfinite(r["bd_rate"]):
+                ax.errorbar([r["bd_rate"]], [k - 0.2], xerr=[[r["bd_rate"] - r["ci_low"]], [r["ci_high"] - r["bd_rate"]]],
+                            fmt="D", ms=7, capsize=4, color="C3", lw=2,
+                            label="all seeds pooled (seeds and images)" if k == 0 else None)
+                ax.annotate(f"{r['bd_rate']:+.1f} % [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}], "
+                            f"wins {int(r['wins'])}/{int(r['pairs'])}", (r["bd_rate"], k - 0.2),
+                            textcoords="offset points", xytext=(0, -13), fontsize=8, ha="center", color="C3")
+            else:
+                ax.annotate("pooled: not computable", (0, k - 0.2), fontsize=8, color="C3")
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(variants)), variants)
+    ax.set_ylim(len(variants) - 0.4, -0.7)
+    ax.set(xlabel="BD-rate against scratch (%, PSNR), lower is better", title=title)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=8, loc="best")
     return fig

@@ -29,7 +29,7 @@ NOTEBOOKS = ("01_teacher_training", "02_channel_entropy", "03_distillation", "04
 KEY_FIGURES = (
     "teacher_training_curves.png", "channel_entropy_heatmap.png", "channel_weights.png",
     "distillation_curves.png", "loss_balance.png", "feature_alignment_by_tap.png", "rd_psnr.png", "rd_ms_ssim.png",
-    "bd_rate_table.png", "tune_search.png", "learning_curve.png",
+    "bd_rate_table.png", "tune_search.png", "learning_curve.png", "seeds.png",
 )
 
 LEARNING_CURVE_FILE = "learning_curve.csv"
@@ -46,12 +46,18 @@ def split_curve_variant(name: str) -> tuple[str, int | None]:
     return (base, int(steps)) if sep and steps.isdigit() else (name, None)
 
 
+def seed_variant(base: str, seed: int) -> str:
+    """The variant name of ``base`` trained with another ``seed``: ``feds_s3``."""
+    return f"{base}_s{int(seed)}"
+
+
+SEEDS_FILE = "seeds.csv"
 PIPELINE_FILE = "pipeline.yaml"
 RUN_STATE_FILE = "state.json"  # not training's state.pt: which notebooks completed
 BD_RATE_FILE = "bd_rate.csv"
 PARAMS_SPEED_FILE = "params_speed.csv"
 #: Tables copied beside the key figures (from runs/<name>/results/), so that numbers can be checked in git.
-KEY_TABLES = ("bd_rate.csv", "params_speed.csv", "learning_curve.csv")
+KEY_TABLES = ("bd_rate.csv", "params_speed.csv", "learning_curve.csv", "seeds.csv")
 TEACHER_RESULTS_FILE = "teacher.json"
 ANCHORS_DIR = "anchors"
 REPORT_INDEX = "index.html"
@@ -140,6 +146,11 @@ class RunLayout:
     @property
     def learning_curve(self) -> Path:
         return self.results / LEARNING_CURVE_FILE
+
+    @property
+    def seeds(self) -> Path:
+        """The seed table notebook 04 writes (evaluation.seeds: each seed's pair and the pooled figure)."""
+        return self.results / SEEDS_FILE
 
     @property
     def params_speed(self) -> Path:

@@ -77,7 +77,7 @@ results.summary
 from feds_lab import plots
 
 for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
-    fig = plots.rd_curves(results.files, metric=metric,
+    fig = plots.rd_curves(results.curve_files(), metric=metric,  # a variant's other seeds: see below
                           title=f"{metric.upper()} vs rate, {len(images)} held-out images ({cfg.budget_label('all')})")
     plots.save_figure(fig, layout.figure(fname))
     display(fig)
@@ -105,6 +105,28 @@ bd.to_csv(layout.bd_rate, index=False)
 table, fig = plots.bd_rate_table(bd.to_dict("records"), title="BD-rate (PSNR), 95 % bootstrap interval over images")
 plots.save_figure(fig, layout.figure("bd_rate_table.png"))
 bd
+
+# %% [markdown]
+# ## Seeds: does it hold on another draw? (when the run has `seeds`)
+#
+# At a short budget two students that differ only in their seed (initial weights, crops, quantisation
+# noise) can lie further apart than any gap between methods, and the interval over images above knows
+# nothing of that. With `seeds` set (e.g. `{feds: [1, 2, 3], scratch: [1, 2, 3]}`) each listed variant is
+# trained again on each seed. Circles: one seed against the same seed of scratch (interval over images).
+# Diamond: every seed of the variant against every seed of scratch, their mean curves compared, with a
+# bootstrap over seeds and images: the figure to quote. `wins` counts the seed pairs below 0.
+
+# %%
+seeds = results.seed_table()
+if len(seeds):
+    seeds.to_csv(layout.seeds, index=False)
+    fig = plots.seed_comparison(seeds, title=f"Against scratch, seed by seed and pooled, {len(images)} held-out "
+                                             f"images ({cfg.budget_label('student')})")
+    plots.save_figure(fig, layout.figure("seeds.png"))
+    display(fig)
+    display(seeds.round(3))
+else:
+    print("no seeds in this run (seeds is empty, or scratch has no other seeds)")
 
 # %% [markdown]
 # ## Parameters and speed

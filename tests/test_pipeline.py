@@ -22,7 +22,7 @@ def tiny(tmp_path, **kw):
 def pipeline_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     logs: list[str] = []
-    cfg = tiny(tmp)
+    cfg = tiny(tmp, seeds={"feds": [1], "scratch": [1]})  # seed replicas: notebook 04's seed table
     run_dir = run_pipeline(cfg, log=logs.append)
     return cfg, run_dir, logs
 
@@ -42,7 +42,7 @@ def test_pipeline_writes_everything(pipeline_run):
         assert len(images) >= (2 if name == "02_channel_entropy" else 1), name
     for lmbda in LAMBDAS:
         assert (run / "teacher" / f"l{lmbda:g}" / "model.safetensors").is_file()
-        for variant in ("feds", "scratch"):
+        for variant in ("feds", "scratch", "feds_s1", "scratch_s1"):
             assert (run / "student" / variant / f"l{lmbda:g}" / "model.safetensors").is_file()
     results = {p.name for p in (run / "results").glob("*.json")}
     assert {"teacher.json", "student_feds.json", "student_scratch.json"} <= results
@@ -51,6 +51,9 @@ def test_pipeline_writes_everything(pipeline_run):
     assert teacher["meta"]["threads"] == 1  # the kernel took the pipeline's threads (torch's default is 2+)
     bd = (run / "results" / "bd_rate.csv").read_text().splitlines()
     assert bd[0].startswith("anchor,test") and len(bd) == 1 + 6  # feds-teacher, scratch-teacher, feds-scratch, 3 x JPEG
+    seeds = (run / "results" / "seeds.csv").read_text().splitlines()  # seed 0, seed 1, pooled (or why not)
+    assert seeds[0].startswith("variant,comparison,seed") and len(seeds) == 1 + 3
+    assert (run / "figures" / "seeds.png").is_file()
     state = json.loads((run / "state.json").read_text())
     assert list(state) == list(NOTEBOOKS)
     for fig in ("teacher_training_curves.png", "channel_entropy_heatmap.png", "distillation_curves.png", "rd_psnr.png"):

@@ -3,12 +3,13 @@
 - :mod:`.metrics`: PSNR and MS-SSIM on 8-bit RGB, MS-SSIM in dB.
 - :mod:`.evaluate`: code images with a model or checkpoints; the results files (CompressAI's JSON).
 - :mod:`.anchors`: JPEG, WebP, AVIF and JPEG 2000 through Pillow, in the same results format.
-- :mod:`.bdrate`: BD-rate and BD-PSNR (PCHIP or cubic), bootstrap intervals over images.
+- :mod:`.bdrate`: BD-rate and BD-PSNR (PCHIP or cubic), bootstrap intervals over images (and over seeds).
+- :mod:`.rd_analysis`, :mod:`.learning_curve`, :mod:`.seeds`: a pipeline run's comparisons (notebook 04).
 - :mod:`.cli`: the ``eval``, ``anchors`` and ``bdrate`` subcommands.
 """
 
 from .anchors import CODECS, available_codecs, evaluate_codec, run_anchors
-from .bdrate import BDRateError, BootstrapResult, bd_psnr, bd_quality, bd_rate, bootstrap_bd
+from .bdrate import BDRateError, BootstrapResult, bd_psnr, bd_quality, bd_rate, bootstrap_bd, bootstrap_bd_pooled
 from .evaluate import (
     ResultsError,
     evaluate_checkpoints,
@@ -24,7 +25,8 @@ from .metrics import ms_ssim, ms_ssim_db, psnr
 
 __all__ = [
     "CODECS", "BDRateError", "BootstrapResult", "ResultsError",
-    "available_codecs", "bd_psnr", "bd_quality", "bd_rate", "bootstrap_bd", "evaluate_checkpoints",
+    "available_codecs", "bd_psnr", "bd_quality", "bd_rate", "bootstrap_bd", "bootstrap_bd_pooled",
+    "evaluate_checkpoints",
     "evaluate_codec", "evaluate_model", "likelihood_bpp", "load_results", "make_results", "ms_ssim",
     "ms_ssim_db", "paired_per_image", "psnr", "rd_curve", "run_anchors", "save_results",
 ]

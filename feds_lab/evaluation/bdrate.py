@@ -184,12 +184,7 @@ def bootstrap_bd(
     BD figure. ``quality_transform`` maps mean quality to the BD axis after averaging (MS-SSIM ->
     dB: average MS-SSIM first, as CompressAI's plots do).
     """
-    if statistic not in ("rate", "quality"):
-        raise BDRateError(f"statistic must be 'rate' or 'quality', got {statistic!r}")
-    if not 0 < confidence < 1:
-        raise BDRateError(f"confidence must lie in (0, 1), got {confidence}")
-    if n_resamples < 1:
-        raise BDRateError("n_resamples must be >= 1")
+    _check_bootstrap(statistic, confidence, n_resamples)
     arrays = [np.atleast_2d(np.asarray(a, dtype=float)) for a in (rate_anchor, quality_anchor, rate_test, quality_test)]
     ra, qa, rt, qt = arrays
     if ra.shape != qa.shape or rt.shape != qt.shape:
@@ -209,10 +204,25 @@ def bootstrap_bd(
     n_images = ra.shape[0]
     estimate = figure(np.arange(n_images))  # raises if the full-data curves are already invalid
     rng = np.random.default_rng(seed)
+    return _summarise(estimate, lambda: figure(rng.integers(0, n_images, n_images)), n_resamples, confidence)
+
+
+def _check_bootstrap(statistic: str, confidence: float, n_resamples: int) -> None:
+    if statistic not in ("rate", "quality"):
+        raise BDRateError(f"statistic must be 'rate' or 'quality', got {statistic!r}")
+    if not 0 < confidence < 1:
+        raise BDRateError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise BDRateError("n_resamples must be >= 1")
+
+
+def _summarise(estimate: float, draw: Callable[[], float], n_resamples: int, confidence: float) -> BootstrapResult:
+    """The percentile interval of ``n_resamples`` calls of ``draw`` (one resample's figure each); the
+    calls that raise BDRateError are counted, not used."""
     samples, failed = [], 0
-    for rows in rng.integers(0, n_images, size=(n_resamples, n_images)):
+    for _ in range(n_resamples):
         try:
-            samples.append(figure(rows))
+            samples.append(draw())
         except BDRateError:
             failed += 1
     if not samples:
@@ -223,3 +233,53 @@ def bootstrap_bd(
         estimate=estimate, mean=float(np.mean(samples)), low=float(low), high=float(high),
         confidence=confidence, n_resamples=n_resamples, n_failed=failed,
     )
+
+
+def bootstrap_bd_pooled(
+    anchor_runs,
+    test_runs,
+    *,
+    statistic: str = "rate",
+    method: str = "pchip",
+    quality_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+) -> BootstrapResult:
+    """BD figure of one codec trained with several seeds against another, bootstrapped over seeds and images.
+
+    ``anchor_runs`` and ``test_runs`` are lists (one entry per training seed) of (rate, quality) pairs of
+    per-image arrays (n_images, n_points), the same images in the same row order everywhere. The figure
+    compares the two mean curves: rate and quality averaged point by point over every seed and image of
+    each codec. Each resample draws each codec's seeds with replacement (independently: a seed of one
+    arm has no partner in the other) and one set of image rows for both (paired over images), so the
+    interval holds the training noise across seeds as well as the choice of images. With a handful of
+    seeds the percentile interval is somewhat too narrow (a small-sample bootstrap); the per-seed rows
+    beside it show the spread plainly.
+    """
+    _check_bootstrap(statistic, confidence, n_resamples)
+    arms = []
+    for label, runs in (("anchor", anchor_runs), ("test", test_runs)):
+        if len(runs) < 1:
+            raise BDRateError(f"{label}: no runs")
+        r = np.stack([np.atleast_2d(np.asarray(rate, dtype=float)) for rate, _ in runs])
+        q = np.stack([np.atleast_2d(np.asarray(quality, dtype=float)) for _, quality in runs])
+        if r.shape != q.shape:
+            raise BDRateError(f"{label}: rate and quality arrays must have the same shape (n_images, n_points)")
+        arms.append((r, q))
+    (ra, qa), (rt, qt) = arms
+    if ra.shape[1] != rt.shape[1]:
+        raise BDRateError(f"anchor runs have {ra.shape[1]} images, test runs {rt.shape[1]}: the same images are needed")
+    transform = quality_transform or (lambda q: q)
+    delta = bd_rate if statistic == "rate" else bd_quality
+
+    def figure(sa: np.ndarray, st: np.ndarray, rows: np.ndarray) -> float:
+        anchor = ra[sa][:, rows].mean((0, 1)), transform(qa[sa][:, rows].mean((0, 1)))
+        test = rt[st][:, rows].mean((0, 1)), transform(qt[st][:, rows].mean((0, 1)))
+        return delta(*anchor, *test, method)
+
+    n_a, n_t, n_images = ra.shape[0], rt.shape[0], ra.shape[1]
+    estimate = figure(np.arange(n_a), np.arange(n_t), np.arange(n_images))
+    rng = np.random.default_rng(seed)
+    return _summarise(estimate, lambda: figure(rng.integers(0, n_a, n_a), rng.integers(0, n_t, n_t),
+                                               rng.integers(0, n_images, n_images)), n_resamples, confidence)

@@ -62,44 +62,45 @@ def learning_curve_table(analysis, student_steps: int, test: str | Sequence[str]
     """One row per (FEDS variant, comparison, budget): BD-rate (%) of ``test`` against ``anchor``, its
     interval and both times. ``test``: one variant, or several (e.g. the tuned FEDS and the search's
     prior), each with its own rows (column ``variant``)."""
-    if not isinstance(test, str):
-        tables = [learning_curve_table(analysis, student_steps, t, anchor, metric) for t in test]
-        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     from .evaluate import load_results
     from .rd_analysis import bd_table
 
+    tests = [test] if isinstance(test, str) else list(test)
     by_name = {load_results(f)["name"]: f for f in analysis.files}
     lad = ladders(analysis.names, student_steps)
-    if test not in lad or anchor not in lad:
-        raise ValueError(f"a learning curve needs the variants {test!r} and {anchor!r}; the run has {sorted(lad)}")
-    seconds: dict[str, dict[int, float]] = {}
-    for kind in (test, anchor):
+    missing = [v for v in (*tests, anchor) if v not in lad]
+    if missing:
+        raise ValueError(f"a learning curve needs the variants {missing}; the run has {sorted(lad)}")
+
+    def ladder_seconds(kind: str) -> dict[int, float]:
         ladder = {steps: step_costs(load_results(by_name[name]).get("meta", {}).get("records", {}))
                   for steps, name in lad[kind].items()}
         costs = [c for per_run, _ in ladder.values() for c in per_run]
         cost = statistics.median(costs) if costs else math.nan
-        seconds[kind] = {steps: total * cost for steps, (_, total) in ladder.items()}
+        return {steps: total * cost for steps, (_, total) in ladder.items()}
+
+    anchor_seconds = ladder_seconds(anchor)
+    timed = {s: v for s, v in anchor_seconds.items() if v > 0 and not math.isnan(v)}
     rows = []
-    for steps, name in sorted(lad[test].items()):
-        t_sec = seconds[test][steps]
-        matches = {"equal steps": steps if steps in lad[anchor] else None}
-        timed = {s: v for s, v in seconds[anchor].items() if v > 0 and not math.isnan(v)}
-        nearest = (min(timed, key=lambda s: abs(math.log(timed[s] / t_sec)))
-                   if timed and t_sec > 0 and not math.isnan(t_sec) else None)
-        # the nearest only if it is near: otherwise the row would repeat an unequal comparison
-        matches["equal wall-clock"] = (nearest if nearest is not None
-                                       and abs(math.log(timed[nearest] / t_sec)) <= math.log(WALL_CLOCK_TOLERANCE)
-                                       else None)
-        for kind, a_steps in matches.items():
-            row = {"variant": test, "comparison": kind, "steps": steps, "anchor_steps": a_steps, "seconds": t_sec,
-                   "anchor_seconds": seconds[anchor].get(a_steps, math.nan) if a_steps else math.nan}
-            if a_steps is None:
-                row.update(bd_rate=math.nan, note=f"no {anchor} ladder within {WALL_CLOCK_TOLERANCE:g}x of its time"
-                           if kind == "equal wall-clock" else f"no {anchor} ladder at {steps} steps")
-            else:
-                r = bd_table(by_name[lad[anchor][a_steps]], [by_name[name]], metric=metric,
-                             bootstrap=analysis.bootstrap, strict=False)[0]
-                row.update({k: r.get(k, math.nan) for k in ("bd_rate", "ci_low", "ci_high", "coverage")},
-                           note=r.get("note", ""), test=r["test"], anchor=r["anchor"])
-            rows.append(row)
+    for variant in tests:
+        for steps, t_sec in sorted(ladder_seconds(variant).items()):
+            matches = {"equal steps": steps if steps in lad[anchor] else None}
+            nearest = (min(timed, key=lambda s: abs(math.log(timed[s] / t_sec)))
+                       if timed and t_sec > 0 and not math.isnan(t_sec) else None)
+            # the nearest only if it is near: otherwise the row would repeat an unequal comparison
+            matches["equal wall-clock"] = (nearest if nearest is not None
+                                           and abs(math.log(timed[nearest] / t_sec)) <= math.log(WALL_CLOCK_TOLERANCE)
+                                           else None)
+            for kind, a_steps in matches.items():
+                row = {"variant": variant, "comparison": kind, "steps": steps, "anchor_steps": a_steps,
+                       "seconds": t_sec, "anchor_seconds": anchor_seconds.get(a_steps, math.nan) if a_steps else math.nan}
+                if a_steps is None:
+                    row.update(bd_rate=math.nan, note=f"no {anchor} ladder within {WALL_CLOCK_TOLERANCE:g}x of its time"
+                               if kind == "equal wall-clock" else f"no {anchor} ladder at {steps} steps")
+                else:
+                    r = bd_table(by_name[lad[anchor][a_steps]], [by_name[lad[variant][steps]]], metric=metric,
+                                 bootstrap=analysis.bootstrap, strict=False)[0]
+                    row.update({k: r.get(k, math.nan) for k in ("bd_rate", "ci_low", "ci_high", "coverage")},
+                               note=r.get("note", ""), test=r["test"], anchor=r["anchor"])
+                rows.append(row)
     return pd.DataFrame(rows)

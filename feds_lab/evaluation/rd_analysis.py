@@ -4,7 +4,8 @@
 bitstreams) and with the classical anchors, writes CompressAI-format results files, and builds
 the comparisons a reader needs: student against teacher, the scratch baseline against the teacher
 (is the teacher worth distilling from?), FEDS against the scratch baseline, each ablation against
-FEDS, and each learned codec against JPEG, with bootstrap intervals over images.
+FEDS, and each learned codec against JPEG, with bootstrap intervals over images; a variant trained
+on several seeds is compared seed by seed and pooled in :mod:`.seeds`.
 """
 
 from __future__ import annotations
@@ -106,7 +107,20 @@ class RDAnalysis:
     bootstrap: int = 1000
     reference: str = "feds"  # the role that stands for FEDS (PipelineConfig.reference)
     extra: list = field(default_factory=list)  # more (anchor role, test role) pairs (PipelineConfig.comparisons)
+    #: {variant: {seed: role}} (PipelineConfig.seed_groups()): a variant's other seeds are compared in the
+    #: seed table (evaluation.seeds), not here
+    seed_groups: dict = field(default_factory=dict)
     _bd: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def replicas(self) -> set[str]:
+        """The roles that are another seed of a variant (``feds_s3``): the seed table's, not the BD table's."""
+        return {role for base, seeds in self.seed_groups.items() for role in seeds.values() if role != base}
+
+    def curve_files(self) -> list[Path]:
+        """The results files to draw: every curve but a variant's other seeds (the seed figure has those)."""
+        hidden = {self.names[r] for r in self.replicas if r in self.names}
+        return [f for f in self.files if load_results(f)["name"] not in hidden]
 
     def comparisons(self) -> list[tuple[str, str]]:
         """(anchor, test) curve names: student vs teacher, FEDS (``reference``) vs scratch, ablations vs
@@ -116,7 +130,8 @@ class RDAnalysis:
         the teacher knows better than a student trained alone (at short budgets it may know less).
         """
         # a learning curve's ladders (``feds@600`` ...) have their own table (evaluation.learning_curve)
-        n = {role: name for role, name in self.names.items() if "@" not in role}
+        n = {role: name for role, name in self.names.items() if "@" not in role and role not in self.replicas}
+        every = dict(self.names)  # the config's own pairs may name any role
         ref = self.reference
         pairs = []
         if ref in n and "teacher" in n:
@@ -131,8 +146,8 @@ class RDAnalysis:
                 if "scratch" in n:  # and against training alone: does the variant beat the baseline?
                     pairs.append((n["scratch"], name))
         for a, t in self.extra:
-            if a in n and t in n and (n[a], n[t]) not in pairs:
-                pairs.append((n[a], n[t]))
+            if a in every and t in every and (every[a], every[t]) not in pairs:
+                pairs.append((every[a], every[t]))
         if "anchor:jpeg" in n:
             for role, name in n.items():
                 if not role.startswith("anchor:"):
@@ -154,6 +169,12 @@ class RDAnalysis:
     @property
     def bd_table(self) -> pd.DataFrame:
         return self.bd_table_for("psnr")
+
+    def seed_table(self, metric: str = "psnr") -> pd.DataFrame:
+        """Each seeded variant against scratch, seed by seed and pooled (evaluation.seeds); empty without seeds."""
+        from .seeds import seed_table
+
+        return seed_table(self, self.seed_groups, metric=metric)
 
 
 def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, float], Path], images: Sequence,
@@ -199,4 +220,5 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
         ps["enc+dec ratio"] = (ps["encode (ms)"] + ps["decode (ms)"]) / (ref["encode (ms)"] + ref["decode (ms)"])
         ps["threads"] = torch.get_num_threads()
     return RDAnalysis(files=files, names=names, summary=pd.DataFrame(rows), params_speed=ps, bootstrap=bootstrap,
-                      reference=cfg.reference, extra=[tuple(p) for p in cfg.comparisons])
+                      reference=cfg.reference, extra=[tuple(p) for p in cfg.comparisons],
+                      seed_groups=cfg.seed_groups())

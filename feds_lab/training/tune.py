@@ -123,8 +123,10 @@ class Search:
         self.pcfg = pipeline_config.resolved()
         if len(self.pcfg.lambdas) < 4:
             raise TuneError(f"a search needs four lambdas or more (a BD-rate needs four points), got {self.pcfg.lambdas}")
-        if "feds" not in self.pcfg.variants or "scratch" not in self.pcfg.variants:
-            raise TuneError("the pipeline config needs a 'feds' and a 'scratch' variant")
+        # each trial is the config's FEDS variant (``reference``) with the trial's settings on top
+        self.base = self.pcfg.reference
+        if "scratch" not in self.pcfg.variants:
+            raise TuneError("the pipeline config needs a 'scratch' variant (the curve every trial is measured against)")
         self.root = self.pcfg.layout.tune
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage or f"sqlite:///{(self.root / 'optuna.db').resolve()}"
@@ -211,7 +213,7 @@ class Search:
             if self.pcfg.warm_start_ladder:
                 over["warm_start"] = str(previous) if previous else None
             self.reference("teacher", lmbda, None, log, wait)
-            previous = train(self._config("student", lmbda, "feds", over))
+            previous = train(self._config("student", lmbda, self.base, over))
             points.append(val_point(previous))
             if callable(scratch):  # the scratch curve, once it exists
                 scratch = scratch()

@@ -1,0 +1,102 @@
+"""Issue 13: a variant trained on several seeds (``seeds``), and the table that pools them against scratch
+with a bootstrap over seeds and images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from feds_lab.errors import FedsLabError
+from feds_lab.evaluation.bdrate import BDRateError, bootstrap_bd, bootstrap_bd_pooled
+from feds_lab.evaluation.evaluate import make_results, save_results
+from feds_lab.evaluation.rd_analysis import RDAnalysis
+from feds_lab.pipeline import PipelineConfig
+
+IMAGES = [f"img{i}" for i in range(5)]
+RATES, PSNRS = np.array([0.1, 0.2, 0.4, 0.8]), np.array([20.0, 22.0, 24.0, 26.0])
+
+
+def _runs(factors, noise, rng):
+    """One (rate, quality) pair of per-image arrays per seed: rates at ``factor`` x the base."""
+    return [(f * RATES * (1 + noise * rng.standard_normal((len(IMAGES), 4))), np.tile(PSNRS, (len(IMAGES), 1)))
+            for f in factors]
+
+
+def test_seeds_expand_into_variants(tmp_path):
+    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=[0.0018, 0.0067, 0.025, 0.0483],
+                         variants={"feds": {"alpha": 0.01}, "scratch": {"baseline": "scratch"}},
+                         seeds={"feds": [1, 2], "scratch": [2]}).resolved()
+    assert sorted(cfg.variants) == ["feds", "feds_s1", "feds_s2", "scratch", "scratch_s2"]
+    run = cfg.train_config("student", 0.0067, "feds_s2")
+    assert run.seed == 2 and run.alpha == 0.01 and "feds_s2" in run.warm_start  # its own ladder
+    assert cfg.train_config("student", 0.0067, "scratch_s2").baseline == "scratch"
+    assert cfg.seed_groups() == {"feds": {0: "feds", 1: "feds_s1", 2: "feds_s2"}, "scratch": {0: "scratch", 2: "scratch_s2"}}
+    assert cfg.resolved().variants == cfg.variants  # resolving twice changes nothing
+    with pytest.raises(FedsLabError, match="not a variant"):
+        PipelineConfig(runs_dir=str(tmp_path), seeds={"fedz": [1]}).resolved()
+    with pytest.raises(FedsLabError, match="repeats seed 0"):  # the variant's own seed is the config's
+        PipelineConfig(runs_dir=str(tmp_path), seeds={"feds": [0]}).resolved()
+    with pytest.raises(FedsLabError, match="non-negative integer"):
+        PipelineConfig(runs_dir=str(tmp_path), seeds={"feds": ["one"]}).resolved()
+    with pytest.raises(FedsLabError, match="other overrides"):  # a hand-written feds_s1 that is not feds on seed 1
+        PipelineConfig(runs_dir=str(tmp_path), variants={"feds": {}, "feds_s1": {"alpha": 3.0}},
+                       seeds={"feds": [1]}).resolved()
+
+
+def test_pooled_bootstrap_holds_the_seed_noise():
+    rng = np.random.default_rng(0)
+    # the test codec needs 10 % fewer bits on average, but its seeds scatter by +-10 %
+    anchor = _runs([1.0, 1.0, 1.0, 1.0], 0.02, rng)
+    test = _runs([0.8, 1.0, 0.9, 0.9], 0.02, rng)
+    pooled = bootstrap_bd_pooled(anchor, test, n_resamples=400)
+    assert pooled.estimate == pytest.approx(-10, abs=2)
+    assert pooled.low < pooled.estimate < pooled.high
+    one = bootstrap_bd(*anchor[0], *test[0], n_resamples=400)  # one pair: the images' noise only
+    assert one.estimate == pytest.approx(-20, abs=2)
+    assert (pooled.high - pooled.low) > 2 * (one.high - one.low)  # seeds that disagree widen the interval
+    # seeds that agree: pooling narrows it
+    same = bootstrap_bd_pooled(_runs([1.0] * 4, 0.02, rng), _runs([0.9] * 4, 0.02, rng), n_resamples=400)
+    assert same.high - same.low < pooled.high - pooled.low
+    with pytest.raises(BDRateError, match="same images"):
+        bootstrap_bd_pooled(anchor, [(r[:3], q[:3]) for r, q in test])
+    with pytest.raises(BDRateError, match="no runs"):
+        bootstrap_bd_pooled(anchor, [])
+
+
+def _results(name, factor, tmp_path, seed):
+    rng = np.random.default_rng(seed)
+    points = []
+    for k, (bpp, psnr) in enumerate(zip(RATES, PSNRS)):
+        rows = [{"image": im, "bpp": bpp * factor * (1 + 0.02 * rng.standard_normal()), "psnr-rgb": psnr + 0.3 * j,
+                 "ms-ssim-rgb": 0.9} for j, im in enumerate(IMAGES)]
+        points.append({"rows": rows, "setting": {"lmbda": k}})
+    path = tmp_path / f"{name}.json"
+    save_results(make_results(name, points), path)
+    return path
+
+
+def test_seed_table_pairs_each_seed_and_pools(tmp_path):
+    from feds_lab.plots import seed_comparison
+
+    factors = {"scratch": 1.0, "scratch_s1": 1.0, "scratch_s2": 1.0,
+               "feds": 0.8, "feds_s1": 1.1, "feds_s2": 0.9, "no_align": 0.95}
+    files = [_results(name, f, tmp_path, k) for k, (name, f) in enumerate(factors.items())]
+    groups = {"scratch": {0: "scratch", 1: "scratch_s1", 2: "scratch_s2"}, "feds": {0: "feds", 1: "feds_s1", 2: "feds_s2"}}
+    analysis = RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=200,
+                          seed_groups=groups)
+    table = analysis.seed_table()
+    per_seed = table[table.comparison != "pooled"].set_index("seed")
+    assert list(per_seed.index) == [0, 1, 2]
+    assert per_seed.loc[0, "bd_rate"] == pytest.approx(-20, abs=2) and per_seed.loc[1, "bd_rate"] > 0
+    pooled = table[table.comparison == "pooled"].iloc[0]
+    assert pooled["wins"] == 2 and pooled["pairs"] == 3 and pooled["n_anchor"] == pooled["n_test"] == 3
+    assert pooled["bd_rate"] == pytest.approx(100 * (0.9333 - 1), abs=2)  # the mean curve, not the mean of figures
+    assert pooled["ci_low"] < pooled["bd_rate"] < pooled["ci_high"]
+    # the other seeds are the seed table's: not ablations against FEDS, not curves in the RD plot
+    pairs = analysis.comparisons()
+    assert ("scratch", "feds") in pairs and ("feds", "no_align") in pairs
+    assert not any("_s" in a or "_s" in t for a, t in pairs)
+    assert {f.stem for f in analysis.curve_files()} == {"scratch", "feds", "no_align"}
+    seed_comparison(table)
+    # no seeds: no table
+    assert RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None).seed_table().empty
