@@ -486,6 +486,7 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log", base=2)
     steps = sorted(table["steps"].unique())
+    ax.set_xlim(steps[0] / 1.25, steps[-1] * 1.25)  # also when no row has a figure (nothing else to scale by)
     ax.set_xticks(steps, [str(int(s)) for s in steps])
     ax.set(xlabel="FEDS student budget (steps per λ); 'vs N': the scratch budget compared",
            ylabel="BD-rate of FEDS vs scratch (%), lower is better", title=title)

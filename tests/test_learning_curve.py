@@ -3,9 +3,11 @@ budget, at equal steps and at equal wall-clock."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from feds_lab.errors import FedsLabError
@@ -144,3 +146,15 @@ def test_a_table_of_several_feds_variants_keeps_them_apart(tmp_path):
 
     labels = [t.get_text() for t in learning_curve(table).axes[0].get_legend().get_texts()]
     assert labels == ["tuned, equal steps", "tuned, equal wall-clock", "feds, equal steps", "feds, equal wall-clock"]
+
+
+def test_learning_curve_plot_without_any_bd_figure(tmp_path):
+    # short budgets: every curve non-monotonic, so no row has a BD-rate; the figure still draws (it once
+    # failed on its log-scaled axis with nothing to scale by) and says why at each budget
+    from feds_lab.plots import learning_curve
+
+    rows = [{"variant": "feds", "comparison": kind, "steps": s, "anchor_steps": s, "bd_rate": math.nan,
+             "note": "not computable"} for s in (100, 200) for kind in ("equal steps", "equal wall-clock")]
+    fig = learning_curve(pd.DataFrame(rows))
+    fig.savefig(io.BytesIO(), format="png")
+    assert sum("not computable" in t.get_text() for t in fig.axes[0].texts) == 4

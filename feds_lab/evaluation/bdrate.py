@@ -137,6 +137,21 @@ def overlap_fraction(quality_anchor, quality_test) -> float:
     return float(max(high - low, 0.0) / union) if union > 0 else 0.0
 
 
+def psnr_gain_at_matched_rate(anchor: tuple[np.ndarray, np.ndarray], points: list[tuple[float, float]]) -> float:
+    """Mean over ``points`` of PSNR minus the anchor curve's PSNR at the same rate (dB): the anchor
+    interpolated piecewise-linearly in log-rate, extended linearly past its ends."""
+    rate, quality = (np.asarray(a, dtype=float) for a in anchor)
+    order = np.argsort(rate)
+    lr, q = np.log10(rate[order]), quality[order]
+    gains = []
+    for bpp, psnr in points:
+        x = float(np.log10(bpp))
+        i = int(np.clip(np.searchsorted(lr, x) - 1, 0, len(lr) - 2))
+        slope = (q[i + 1] - q[i]) / (lr[i + 1] - lr[i]) if lr[i + 1] != lr[i] else 0.0
+        gains.append(psnr - (q[i] + slope * (x - lr[i])))
+    return float(np.mean(gains))
+
+
 # --- bootstrap over images ---------------------------------------------------------------------
 
 

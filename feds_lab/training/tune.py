@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import yaml
 
 from ..errors import FedsLabError
+from ..evaluation.bdrate import psnr_gain_at_matched_rate  # noqa: F401  (the objective's PSNR figure; tests import it here)
 
 #: Settings every trial shares (ours): scale-free terms (gradient balancing, output distillation as
 #: a share of the distortion term), and no learning-rate drop in stage 3, so that the scratch
@@ -98,19 +98,6 @@ def val_point(checkpoint: Path) -> tuple[float, float]:
     return float(val["bpp"]), float(val["psnr"])
 
 
-def psnr_gain_at_matched_rate(anchor: tuple[np.ndarray, np.ndarray], points: list[tuple[float, float]]) -> float:
-    """Mean over ``points`` of PSNR minus the anchor curve's PSNR at the same rate (dB): the anchor
-    interpolated piecewise-linearly in log-rate, extended linearly past its ends."""
-    rate, quality = (np.asarray(a, dtype=float) for a in anchor)
-    order = np.argsort(rate)
-    lr, q = np.log10(rate[order]), quality[order]
-    gains = []
-    for bpp, psnr in points:
-        x = math.log10(bpp)
-        i = int(np.clip(np.searchsorted(lr, x) - 1, 0, len(lr) - 2))
-        slope = (q[i + 1] - q[i]) / (lr[i + 1] - lr[i]) if lr[i + 1] != lr[i] else 0.0
-        gains.append(psnr - (q[i] + slope * (x - lr[i])))
-    return float(np.mean(gains))
 
 
 # --- the search ------------------------------------------------------------------------------------
