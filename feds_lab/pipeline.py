@@ -32,7 +32,7 @@ import yaml
 from .errors import FedsLabError
 from .presets import PRESET_NAMES, train_preset
 from .report import write_report
-from .run_folder import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, RunLayout, curve_variant, seed_variant
+from .run_folder import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, RunLayout, curve_variant, seed_variant, split_curve_variant
 
 #: The notebooks' committed sources (NN_name.py, jupytext percent format) and their .ipynb.
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -133,7 +133,9 @@ class PipelineConfig:
     #: overrides, ``seed`` replaced: the student's initial weights, its crops, its quantisation noise; the
     #: teachers stay this config's), trained and evaluated like any variant. Notebook 04 compares each
     #: seed with the same seed of scratch and pools every seed of a variant against every seed of scratch
-    #: (evaluation.seeds: a bootstrap over seeds and images); at short budgets one seed is not an answer
+    #: (evaluation.seeds: a bootstrap over seeds and images); at short budgets one seed is not an answer.
+    #: A learning curve's budget takes seeds too: ``feds@600: [1, 2]`` adds ``feds_s1@600``, ``feds_s2@600``,
+    #: compared with ``scratch@600``'s seeds
     seeds: dict[str, list[int]] = field(default_factory=dict)
     anchors: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])
     entropy_images: int = 8  #: images for the channel-entropy notebook
@@ -312,26 +314,32 @@ class PipelineConfig:
         if not isinstance(self.seeds or {}, dict):
             raise FedsLabError(f"seeds must be a mapping {{variant: [seed, ...]}}, got {self.seeds!r}")
         variants = dict(variants)
-        for base, seeds in self.seed_groups().items():
+        for base, seeds in self.seed_groups(variants).items():
             for seed, name in seeds.items():
                 if name == base:
                     continue
-                entry = {**(self.variants[base] or {}), "seed": seed}
+                entry = {**(variants[base] or {}), "seed": seed}
                 if name in self.variants and self.variants[name] != entry:
                     raise FedsLabError(f"seeds: {base!r} seed {seed} makes the variant {name!r}, which the config "
                                        f"already has with other overrides ({self.variants[name]!r})")
                 variants[name] = entry
         return variants
 
-    def seed_groups(self) -> dict[str, dict[int, str]]:
-        """{variant: {seed: variant name}} of every variant in ``seeds``, its own seed included."""
+    def seed_groups(self, variants: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[int, str]]:
+        """{variant: {seed: variant name}} of every variant in ``seeds``, its own seed included.
+
+        A learning curve's variant may have seeds too (``feds@600: [1, 2]`` adds ``feds_s1@600`` ...), so
+        that a budget other than ``student_steps`` can be pooled over seeds. ``variants``: the variants to
+        check against (default: this config's; resolved() passes them with the learning curve's added)."""
+        known = self.variants if variants is None else variants
         groups: dict[str, dict[int, str]] = {}
         for base, seeds in (self.seeds or {}).items():
-            if base not in self.variants or "@" in base:
-                raise FedsLabError(f"seeds names {base!r}, which is not a variant; known: {list(self.variants)}")
+            if base not in known:
+                hint = (" (a budget needs its learning_curve entry)" if split_curve_variant(base)[1] is not None else "")
+                raise FedsLabError(f"seeds names {base!r}, which is not a variant{hint}; known: {list(known)}")
             if not isinstance(seeds, list) or not seeds:
                 raise FedsLabError(f"seeds[{base!r}] must be a list of seeds, got {seeds!r}")
-            own = (self.variants[base] or {}).get("seed", self.seed)
+            own = (known[base] or {}).get("seed", self.seed)
             groups[base] = {own: base}
             for seed in seeds:
                 if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:

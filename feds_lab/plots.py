@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .evaluation.evaluate import METRIC_LABELS, load_results, rd_curve
+from .run_folder import split_curve_variant
 
 #: Names drawn dashed, as classical codecs (CompressAI's plot does the same).
 CLASSICAL = ("JPEG", "WebP", "AVIF", "JPEG2000", "BPG", "VTM", "HM", "AV1")
@@ -455,11 +456,16 @@ def tune_figure(summary: dict[str, Any], title: str = "FEDS search on tune-val")
     return fig
 
 
-def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by budget") -> Figure:
+def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by budget",
+                   seeds: pd.DataFrame | None = None, student_steps: int | None = None) -> Figure:
     """feds_lab.evaluation.learning_curve.learning_curve_table: BD-rate of FEDS against scratch (95 %
     bootstrap interval) by FEDS's budget, at equal steps (solid) and at equal wall-clock (dashed), each
     point labelled with the scratch budget it was matched to; one colour per FEDS variant when the table
-    has several. Below 0, FEDS needs fewer bits than scratch."""
+    has several. Below 0, FEDS needs fewer bits than scratch.
+
+    ``seeds``: feds_lab.evaluation.seeds.seed_table; its pooled rows of the curve's variants (``feds``
+    at ``student_steps``, ``feds@600`` at 600) are drawn as red diamonds at their budget, with the
+    interval over seeds and images: the curve's other points are one seed each."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
     table = table if "variant" in table.columns else table.assign(variant="feds")
@@ -481,8 +487,22 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
                         xytext=(5, -11 if wall else 5), fontsize=7, color=colour)
         for _, r in rows[rows["bd_rate"].isna()].iterrows():  # no scratch ladder to match, or no BD figure
             label = "no match" if pd.isna(r["anchor_steps"]) else "not computable"
-            ax.annotate(f"{label} ({'wall-clock' if wall else 'steps'})", (r["steps"], 0), fontsize=7,
-                        color=colour, rotation=90)
+            # one column of text per comparison, so that two at one budget do not print over each other
+            ax.annotate(f"{label} ({'wall-clock' if wall else 'steps'})", (r["steps"], 0), textcoords="offset points",
+                        xytext=(9 * (k - (len(groups) - 1) / 2), 3), ha="center", fontsize=7, color=colour, rotation=90)
+    pooled = seeds[seeds["comparison"] == "pooled"] if seeds is not None and len(seeds) else pd.DataFrame()
+    drawn = False
+    for _, r in pooled.iterrows():
+        base, budget = split_curve_variant(str(r["variant"]))
+        budget = budget or student_steps
+        if base not in set(table["variant"]) or budget is None or not np.isfinite(r["bd_rate"]):
+            continue
+        x = budget * 1.03 ** ((len(groups) + 4) / 2)  # beside the one-seed points
+        ax.errorbar([x], [r["bd_rate"]], yerr=[[r["bd_rate"] - r["ci_low"]], [r["ci_high"] - r["bd_rate"]]], fmt="D",
+                    ms=7, capsize=4, color="C3", lw=2, label=None if drawn else "equal steps, seeds pooled")
+        ax.annotate(f"{int(r['n_test'])} vs {int(r['n_anchor'])} seeds", (x, r["bd_rate"]), textcoords="offset points",
+                    xytext=(6, 6), fontsize=7, color="C3")
+        drawn = True
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log", base=2)
     steps = sorted(table["steps"].unique())
@@ -498,16 +518,23 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
 def seed_comparison(table: pd.DataFrame, title: str = "Each seed against scratch, and all seeds pooled") -> Figure:
     """feds_lab.evaluation.seeds.seed_table: BD-rate against scratch of each seed's pair (circles, 95 %
     bootstrap over images) and of the seeds pooled (a diamond, 95 % bootstrap over seeds and images), one
-    row of the plot per variant. Below 0 the variant needs fewer bits than scratch."""
+    block of the plot per variant (a learning curve's budget, ``feds@600``, is its own block, against
+    scratch at that budget). Below 0 the variant needs fewer bits than scratch."""
     variants = list(dict.fromkeys(table["variant"]))
-    fig = Figure(figsize=(7.5, 1.2 + 0.9 * len(variants)), layout="constrained")
-    ax = fig.subplots()
-    for k, variant in enumerate(variants):
+    blocks, top, ticks = [], 0.0, []
+    for variant in variants:
         rows = table[table["variant"] == variant]
-        seeds = rows[rows["comparison"] != "pooled"]
+        seeds = rows[(rows["comparison"] != "pooled") & rows["bd_rate"].notna()]
+        blocks.append((top, rows, seeds))
         pooled = rows[rows["comparison"] == "pooled"]
-        ok = seeds[seeds["bd_rate"].notna()]
-        y = k + 0.25 + 0.3 * np.linspace(-1, 1, max(len(ok), 1))[: len(ok)]
+        anchor = str(pooled["anchor"].iloc[0]).split(" (")[0] if len(pooled) else "scratch"
+        ticks.append((top, f"{variant}\nvs {anchor}"))
+        top += 0.5 * len(seeds) + 1.6  # the diamond, half a line per seed, a gap
+    fig = Figure(figsize=(7.5, 1.6 + 0.4 * top), layout="constrained")
+    ax = fig.subplots()
+    for k, (y0, rows, ok) in enumerate(blocks):
+        pooled = rows[rows["comparison"] == "pooled"]
+        y = y0 + 0.7 + 0.5 * np.arange(len(ok))
         err = None
         if {"ci_low", "ci_high"} <= set(ok.columns) and ok["ci_low"].notna().all():
             err = [ok["bd_rate"] - ok["ci_low"], ok["ci_high"] - ok["bd_rate"]]
@@ -517,18 +544,18 @@ def seed_comparison(table: pd.DataFrame, title: str = "Each seed against scratch
             ax.annotate(f"s{r['seed']}", (r["bd_rate"], yi), textcoords="offset points", xytext=(4, 2), fontsize=7)
         for _, r in pooled.iterrows():
             if np.isfinite(r["bd_rate"]):
-                ax.errorbar([r["bd_rate"]], [k - 0.2], xerr=[[r["bd_rate"] - r["ci_low"]], [r["ci_high"] - r["bd_rate"]]],
+                ax.errorbar([r["bd_rate"]], [y0], xerr=[[r["bd_rate"] - r["ci_low"]], [r["ci_high"] - r["bd_rate"]]],
                             fmt="D", ms=7, capsize=4, color="C3", lw=2,
                             label="all seeds pooled (seeds and images)" if k == 0 else None)
                 ax.annotate(f"{r['bd_rate']:+.1f} % [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}], "
-                            f"wins {int(r['wins'])}/{int(r['pairs'])}", (r["bd_rate"], k - 0.2),
-                            textcoords="offset points", xytext=(0, -13), fontsize=8, ha="center", color="C3")
+                            f"wins {int(r['wins'])}/{int(r['pairs'])}", (r["ci_high"], y0),
+                            textcoords="offset points", xytext=(8, 0), va="center", fontsize=8, color="C3")
             else:
-                ax.annotate("pooled: not computable", (0, k - 0.2), fontsize=8, color="C3")
+                ax.annotate("pooled: not computable", (0, y0), fontsize=8, color="C3")
     ax.axvline(0, color="k", lw=0.8)
-    ax.set_yticks(range(len(variants)), variants)
-    ax.set_ylim(len(variants) - 0.4, -0.7)
+    ax.set_yticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
+    ax.set_ylim(top - 0.9, -0.6)
     ax.set(xlabel="BD-rate against scratch (%, PSNR), lower is better", title=title)
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=8, loc="best")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     return fig

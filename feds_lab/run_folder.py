@@ -47,8 +47,10 @@ def split_curve_variant(name: str) -> tuple[str, int | None]:
 
 
 def seed_variant(base: str, seed: int) -> str:
-    """The variant name of ``base`` trained with another ``seed``: ``feds_s3``."""
-    return f"{base}_s{int(seed)}"
+    """The variant name of ``base`` trained with another ``seed``: ``feds_s3``; a learning curve's
+    ``feds@600`` gives ``feds_s3@600`` (the seed names the variant, the budget stays its curve's)."""
+    name, steps = split_curve_variant(base)
+    return f"{name}_s{int(seed)}" + ("" if steps is None else f"@{steps}")
 
 
 SEEDS_FILE = "seeds.csv"

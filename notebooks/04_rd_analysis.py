@@ -115,6 +115,8 @@ bd
 # trained again on each seed. Circles: one seed against the same seed of scratch (interval over images).
 # Diamond: every seed of the variant against every seed of scratch, their mean curves compared, with a
 # bootstrap over seeds and images: the figure to quote. `wins` counts the seed pairs below 0.
+# A learning curve's budget can have seeds too (`feds@600: [1, 2]` beside `scratch@600: [1, 2]`): it gets
+# its own block, against scratch's seeds at that budget.
 
 # %%
 seeds = results.seed_table()
@@ -148,6 +150,8 @@ ps.round(3)
 # Squares: against the scratch ladder whose training took about as long (a FEDS step also runs the
 # teacher and the distillation terms); each point names the scratch budget it was matched to. The
 # reference variant (`reference`) comes first; every other variant with a curve gets its own colour.
+# Red diamonds: a budget that has `seeds` too (e.g. `feds@600: [1, 2]`), every seed pooled as in the
+# seed figure above; the circles and squares are one seed each.
 
 # %%
 from feds_lab.evaluation.learning_curve import learning_curve_table
@@ -157,7 +161,8 @@ if cfg.learning_curve:
     curve = learning_curve_table(results, cfg.student_steps, test=curve_variants)
     curve.to_csv(layout.learning_curve, index=False)
     fig = plots.learning_curve(curve, title=f"FEDS vs scratch by budget, {len(images)} held-out images "
-                                            f"({cfg.preset} preset)")
+                                            f"({cfg.preset} preset)",
+                               seeds=seeds, student_steps=cfg.student_steps)  # budgets with seeds: pooled too
     plots.save_figure(fig, layout.figure("learning_curve.png"))
     display(fig)
     display(curve.round(3))

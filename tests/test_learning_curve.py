@@ -146,6 +146,16 @@ def test_a_table_of_several_feds_variants_keeps_them_apart(tmp_path):
 
     labels = [t.get_text() for t in learning_curve(table).axes[0].get_legend().get_texts()]
     assert labels == ["tuned, equal steps", "tuned, equal wall-clock", "feds, equal steps", "feds, equal wall-clock"]
+    # the seed table's pooled rows of the curve's variants: one diamond at each budget (tuned at student_steps,
+    # tuned@100 at 100); a variant not on the curve (other) is not drawn
+    seeds = pd.DataFrame([{"variant": v, "comparison": "pooled", "bd_rate": b, "ci_low": b - 5, "ci_high": b + 5,
+                           "n_test": 3, "n_anchor": 3} for v, b in (("tuned", -4.0), ("tuned@100", 2.0), ("other", 9.0))])
+    ax = learning_curve(table, seeds=seeds, student_steps=200).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "equal steps, seeds pooled"
+    diamonds = [line for line in ax.get_lines() if line.get_marker() == "D"]
+    assert sorted(float(line.get_ydata()[0]) for line in diamonds) == [-4.0, 2.0]
+    x = sorted(float(line.get_xdata()[0]) for line in diamonds)  # beside its budget's one-seed points
+    assert 100 < x[0] < 120 and 200 < x[1] < 240
 
 
 def test_learning_curve_plot_without_any_bd_figure(tmp_path):

@@ -100,3 +100,39 @@ def test_seed_table_pairs_each_seed_and_pools(tmp_path):
     seed_comparison(table)
     # no seeds: no table
     assert RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None).seed_table().empty
+
+
+def test_a_learning_curve_budget_takes_seeds(tmp_path):
+    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=[0.0018, 0.0067, 0.025, 0.0483], student_steps=300,
+                         variants={"feds": {"alpha": 0.01}, "scratch": {"baseline": "scratch"}},
+                         learning_curve={"feds": [600], "scratch": [600]},
+                         seeds={"feds@600": [1, 2], "scratch@600": [1]}).resolved()
+    assert sorted(cfg.variants) == ["feds", "feds@600", "feds_s1@600", "feds_s2@600", "scratch", "scratch@600",
+                                    "scratch_s1@600"]
+    run = cfg.train_config("student", 0.0067, "feds_s2@600")
+    assert (run.seed, run.steps, run.alpha) == (2, 600, 0.01) and "feds_s2@600" in run.warm_start
+    assert cfg.seed_groups()["feds@600"] == {0: "feds@600", 1: "feds_s1@600", 2: "feds_s2@600"}
+    assert cfg.resolved().variants == cfg.variants
+    with pytest.raises(FedsLabError, match="learning_curve entry"):  # a budget the curve does not train
+        PipelineConfig(runs_dir=str(tmp_path), seeds={"feds@600": [1]}).resolved()
+
+
+def test_a_budget_s_seeds_are_pooled_against_scratch_at_that_budget(tmp_path):
+    factors = {"scratch": 1.0, "scratch_s1": 1.0, "feds": 1.2, "feds_s1": 1.2,
+               "scratch@600": 1.0, "scratch_s1@600": 1.0, "feds@600": 0.8, "feds_s1@600": 0.9}
+    files = [_results(name, f, tmp_path, k) for k, (name, f) in enumerate(factors.items())]
+    groups = {"scratch": {0: "scratch", 1: "scratch_s1"}, "feds": {0: "feds", 1: "feds_s1"},
+              "scratch@600": {0: "scratch@600", 1: "scratch_s1@600"}, "feds@600": {0: "feds@600", 1: "feds_s1@600"}}
+    analysis = RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=100,
+                          seed_groups=groups)
+    table = analysis.seed_table()
+    pooled = table[table.comparison == "pooled"].set_index("variant")
+    assert sorted(pooled.index) == ["feds", "feds@600"]  # scratch@600 is an anchor, not a variant
+    assert pooled.loc["feds", "bd_rate"] > 10 and pooled.loc["feds@600", "bd_rate"] < -10
+    assert pooled.loc["feds@600", "anchor"].startswith("scratch@600")
+    budget = table[(table.variant == "feds@600") & (table.comparison != "pooled")]
+    assert set(budget["anchor"]) == {"scratch@600", "scratch_s1@600"}  # each seed against scratch's same seed there
+    # a budget whose anchor has no seeds there: no rows (nothing to pair it with)
+    del groups["scratch@600"]
+    assert set(RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=50,
+                          seed_groups=groups).seed_table()["variant"]) == {"feds"}

@@ -19,6 +19,12 @@ def test_psnr_gain_at_matched_rate_by_hand():
     anchor = (np.array([0.1, 1.0]), np.array([20.0, 30.0]))  # 10 dB per decade of rate
     assert psnr_gain_at_matched_rate(anchor, [(np.sqrt(0.1), 26.0)]) == pytest.approx(1.0)  # anchor: 25 dB
     assert psnr_gain_at_matched_rate(anchor, [(10.0, 39.0)]) == pytest.approx(-1.0)  # extended past its end: 40
+    # a curve whose neighbouring lambdas cross: the dominated point (0.3 bpp at 22 dB, beaten by 0.2 bpp at
+    # 24 dB) is not the anchor, inside the curve or past its end (where its segment to 1.0 bpp, 15 dB per
+    # decade, would have been extended instead of the front's last, 8.6)
+    crossing = (np.array([0.1, 0.2, 0.3, 1.0]), np.array([20.0, 24.0, 22.0, 30.0]))
+    assert psnr_gain_at_matched_rate(crossing, [(0.3, 25.0)]) == pytest.approx(1.0 - 6 * np.log10(1.5) / np.log10(5))
+    assert psnr_gain_at_matched_rate(crossing, [(10.0, 40.0)]) == pytest.approx(10.0 - 6 / np.log10(5))
 
 
 def test_tune_splits_are_disjoint_from_the_reported_split():

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..run_folder import curve_variant, split_curve_variant
 from .bdrate import BDRateError, bootstrap_bd_pooled
 from .evaluate import _quality_transform, load_results, paired_per_image
 from .rd_analysis import bd_table
@@ -36,10 +37,9 @@ def seed_table(analysis, groups: dict[str, dict[int, str]], anchor: str = "scrat
     ``analysis``: an :class:`~feds_lab.evaluation.rd_analysis.RDAnalysis` (its results files and its
     role -> curve name mapping); ``groups``: {variant: {seed: role}} (PipelineConfig.seed_groups()).
     A variant or an anchor with one seed still gets its rows (the pooled interval is then over images
-    alone for that arm, and the row's ``note`` says so).
+    alone for that arm, and the row's ``note`` says so). A learning curve's budget (``feds@600``) is
+    compared with the anchor's seeds at the same budget (``scratch@600``), when it has them.
     """
-    if anchor not in groups:
-        return pd.DataFrame()
     n_boot = analysis.bootstrap if bootstrap is None else bootstrap
     by_name = {load_results(f)["name"]: f for f in analysis.files}
 
@@ -50,17 +50,25 @@ def seed_table(analysis, groups: dict[str, dict[int, str]], anchor: str = "scrat
 
     rows: list[dict[str, Any]] = []
     for variant, seeds in groups.items():
-        if variant == anchor:
+        base, steps = split_curve_variant(variant)
+        if base == anchor:
             continue
-        shared = sorted(set(seeds) & set(groups[anchor]))
+        # a learning curve's budget against the anchor's seeds at that budget (feds@600 vs scratch@600)
+        mine = anchor if steps is None else curve_variant(anchor, steps)
+        if mine not in groups:
+            continue
+        anchor_seeds = groups[mine]
+        shared = sorted(set(seeds) & set(anchor_seeds))
         per_seed = []
         for seed in shared:
-            row = bd_table(path(groups[anchor][seed]), [path(seeds[seed])], metric=metric, bootstrap=n_boot,
+            row = bd_table(path(anchor_seeds[seed]), [path(seeds[seed])], metric=metric, bootstrap=n_boot,
                            confidence=confidence, strict=False)[0]
             row.update(variant=variant, comparison=f"seed {seed}", seed=seed, n_anchor=1, n_test=1)
             rows.append(row)
             per_seed.append(row["bd_rate"])
-        rows.append(_pooled_row(variant, anchor, seeds, groups[anchor], path, metric, n_boot, confidence, per_seed))
+        rows.append(_pooled_row(variant, mine, seeds, anchor_seeds, path, metric, n_boot, confidence, per_seed))
+    if not rows:
+        return pd.DataFrame()
     columns = ["variant", "comparison", "seed", "anchor", "test", "n_anchor", "n_test", "bd_rate", "ci_low",
                "ci_high", "bd_quality", "pairs", "wins", "seed_mean", "seed_sd", "note"]
     df = pd.DataFrame(rows)

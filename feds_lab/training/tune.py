@@ -204,11 +204,17 @@ class Search:
             points.append(val_point(previous))
             if callable(scratch):  # the scratch curve, once it exists
                 scratch = scratch()
-            gain = psnr_gain_at_matched_rate(scratch, points)
+            try:
+                gain = psnr_gain_at_matched_rate(scratch, points)
+            except BDRateError as e:  # a scratch curve with no two points on its front: nothing to prune by
+                gain = None
+                log(f"[tune] trial {trial.number} lambda {lmbda:g}: no matched-rate figure ({e})")
+            trial.set_user_attr("points", points)
+            if gain is None:
+                continue
             log(f"[tune] trial {trial.number} lambda {lmbda:g}: {points[-1][1]:.2f} dB at {points[-1][0]:.4f} bpp "
                 f"(mean {gain:+.3f} dB against scratch at matched rate)")
             trial.report(-gain, k)
-            trial.set_user_attr("points", points)
             trial.set_user_attr("psnr_gain", gain)
             if k < len(self.pcfg.lambdas) - 1 and trial.should_prune():
                 raise optuna.TrialPruned()
