@@ -54,10 +54,10 @@ def seed_table(analysis, groups: dict[str, dict[int, str]], anchor: str = "scrat
         if base == anchor:
             continue
         # a learning curve's budget against the anchor's seeds at that budget (feds@600 vs scratch@600)
-        mine = anchor if steps is None else curve_variant(anchor, steps)
-        if mine not in groups:
+        anchor_group = anchor if steps is None else curve_variant(anchor, steps)
+        if anchor_group not in groups:
             continue
-        anchor_seeds = groups[mine]
+        anchor_seeds = groups[anchor_group]
         shared = sorted(set(seeds) & set(anchor_seeds))
         per_seed = []
         for seed in shared:
@@ -66,7 +66,7 @@ def seed_table(analysis, groups: dict[str, dict[int, str]], anchor: str = "scrat
             row.update(variant=variant, comparison=f"seed {seed}", seed=seed, n_anchor=1, n_test=1)
             rows.append(row)
             per_seed.append(row["bd_rate"])
-        rows.append(_pooled_row(variant, mine, seeds, anchor_seeds, path, metric, n_boot, confidence, per_seed))
+        rows.append(_pooled_row(variant, anchor_group, seeds, anchor_seeds, path, metric, n_boot, confidence, per_seed))
     if not rows:
         return pd.DataFrame()
     columns = ["variant", "comparison", "seed", "anchor", "test", "n_anchor", "n_test", "bd_rate", "ci_low",

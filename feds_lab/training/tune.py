@@ -98,8 +98,6 @@ def val_point(checkpoint: Path) -> tuple[float, float]:
     return float(val["bpp"]), float(val["psnr"])
 
 
-
-
 # --- the search ------------------------------------------------------------------------------------
 class Search:
     """One search over one pipeline config's FEDS students (the config's teachers, data, budget)."""
