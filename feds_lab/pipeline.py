@@ -107,7 +107,8 @@ class PipelineConfig:
     train: dict[str, Any] = field(default_factory=dict)  #: TrainConfig overrides for every run (crop, lr, ...)
     variants: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"feds": {}, "scratch": {"baseline": "scratch"}}
-    )  #: student variants: name -> TrainConfig overrides (ablations go here)
+    )  #: student variants: name -> TrainConfig overrides (ablations go here); one more key, ``teacher_for``
+    #: {student lambda: teacher lambda}, lets a student distil another lambda's teacher (default: its own)
     #: the variant that stands for FEDS in notebook 04: student vs teacher and vs scratch, every other
     #: variant (ablations) against it, and its learning curve against scratch's
     reference: str = "feds"
@@ -275,9 +276,10 @@ class PipelineConfig:
                 raise FedsLabError(f"unknown student variant {variant!r}; known: {list(self.variants)}")
             overrides = dict(self.variants[variant] or {})
             scratch = overrides.get("baseline") == "scratch"
+            teacher = self._paired_teacher(variant, lmbda, overrides.pop("teacher_for", None), scratch)
             values = {**base, "role": "student", "family": self.student_family or self.family,
                       "steps": self.student_steps, "out": str(self.layout.student(variant, lmbda)),
-                      "teacher": None if scratch else str(self.layout.teacher_model(lmbda))}
+                      "teacher": None if scratch else str(self.layout.teacher_model(teacher))}
             values.update(self.train)
             values.update(overrides)
         if self.threads and values.get("threads") is None:
@@ -298,6 +300,12 @@ class PipelineConfig:
         if not isinstance(curve, dict):
             raise FedsLabError(f"learning_curve must be a mapping {{variant: [steps, ...]}}, got {curve!r}")
         variants = dict(self.variants)
+        for name, overrides in self.variants.items():  # a variant named for its budget (``x@600``) trains at it
+            steps = split_curve_variant(name)[1]
+            if steps is not None and (overrides or {}).get("steps", steps) != steps:
+                raise FedsLabError(f"variant {name!r} is named for {steps} steps but sets steps: {overrides['steps']!r}")
+            if steps is not None:
+                variants[name] = {**(overrides or {}), "steps": steps}
         for base, budgets in curve.items():
             if base not in self.variants or "@" in base:
                 raise FedsLabError(f"learning_curve names {base!r}, which is not a variant; known: {list(self.variants)}")
@@ -355,6 +363,23 @@ class PipelineConfig:
         if unknown:
             raise FedsLabError(f"teacher_overrides names lambdas {unknown} that are not in the ladder {self.lambdas}")
         return dict(given.get(float(lmbda)) or {})
+
+    def _paired_teacher(self, variant: str, lmbda: float, pairing: Any, scratch: bool) -> float:
+        """The lambda of the teacher that a student at ``lmbda`` distils: its own lambda, or the one its
+        variant's ``teacher_for`` {student lambda: teacher lambda} names (ours: a rate-matched teacher)."""
+        if pairing is None:
+            return lmbda
+        if scratch:
+            raise FedsLabError(f"variant {variant!r}: teacher_for names teachers for a scratch baseline, which has none")
+        if not isinstance(pairing, dict):
+            raise FedsLabError(f"variant {variant!r}: teacher_for must be a mapping {{student lambda: teacher lambda}}, "
+                               f"got {pairing!r}")
+        ladder = {float(l) for l in self.lambdas}
+        given = {float(k): float(v) for k, v in pairing.items()}
+        bad = sorted(l for pair in given.items() for l in pair if l not in ladder)
+        if bad:
+            raise FedsLabError(f"variant {variant!r}: teacher_for names lambdas {bad} that are not in the ladder {self.lambdas}")
+        return given.get(float(lmbda), float(lmbda))
 
     def _teacher_source(self, lmbda: float, previous: list[float]) -> float:
         ladder = self.teacher_ladder

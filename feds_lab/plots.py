@@ -495,7 +495,8 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
     for _, r in pooled.iterrows():
         base, budget = split_curve_variant(str(r["variant"]))
         budget = budget or student_steps
-        if base not in set(table["variant"]) or budget is None or not np.isfinite(r["bd_rate"]):
+        against_scratch = split_curve_variant(str(r.get("anchor_group", "scratch")))[0] == "scratch"
+        if not against_scratch or base not in set(table["variant"]) or budget is None or not np.isfinite(r["bd_rate"]):
             continue
         x = budget * 1.03 ** ((len(groups) + 4) / 2)  # beside the one-seed points
         ax.errorbar([x], [r["bd_rate"]], yerr=[[r["bd_rate"] - r["ci_low"]], [r["ci_high"] - r["bd_rate"]]], fmt="D",
@@ -516,14 +517,16 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
 
 
 def seed_comparison(table: pd.DataFrame, title: str = "Each seed against scratch, and all seeds pooled") -> Figure:
-    """feds_lab.evaluation.seeds.seed_table: BD-rate against scratch of each seed's pair (circles, 95 %
+    """feds_lab.evaluation.seeds.seed_table: BD-rate against the anchor of each seed's pair (circles, 95 %
     bootstrap over images) and of the seeds pooled (a diamond, 95 % bootstrap over seeds and images), one
-    block of the plot per variant (a learning curve's budget, ``feds@600``, is its own block, against
-    scratch at that budget). Below 0 the variant needs fewer bits than scratch."""
-    variants = list(dict.fromkeys(table["variant"]))
+    block of the plot per (variant, anchor) (a learning curve's budget, ``feds@600``, is its own block,
+    against scratch at that budget; a variant of the reference has a second block against it). Below 0
+    the variant needs fewer bits than its anchor."""
+    if "anchor_group" not in table.columns:  # a table from before the column: every row against scratch
+        table = table.assign(anchor_group="scratch")
     blocks, top, ticks = [], 0.0, []
-    for variant in variants:
-        rows = table[table["variant"] == variant]
+    for variant, group in dict.fromkeys(zip(table["variant"], table["anchor_group"])):  # a block per pair of groups
+        rows = table[(table["variant"] == variant) & (table["anchor_group"] == group)]
         seeds = rows[(rows["comparison"] != "pooled") & rows["bd_rate"].notna()]
         blocks.append((top, rows, seeds))
         pooled = rows[rows["comparison"] == "pooled"]
@@ -539,7 +542,7 @@ def seed_comparison(table: pd.DataFrame, title: str = "Each seed against scratch
         if {"ci_low", "ci_high"} <= set(ok.columns) and ok["ci_low"].notna().all():
             err = [ok["bd_rate"] - ok["ci_low"], ok["ci_high"] - ok["bd_rate"]]
         ax.errorbar(ok["bd_rate"], y, xerr=err, fmt="o", ms=4, capsize=2, color="C0", alpha=0.8,
-                    label="one seed vs the same seed of scratch (images)" if k == 0 else None)
+                    label="one seed vs the same seed of its anchor (images)" if k == 0 else None)
         for yi, (_, r) in zip(y, ok.iterrows()):
             ax.annotate(f"s{r['seed']}", (r["bd_rate"], yi), textcoords="offset points", xytext=(4, 2), fontsize=7)
         for _, r in pooled.iterrows():
@@ -555,7 +558,7 @@ def seed_comparison(table: pd.DataFrame, title: str = "Each seed against scratch
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
     ax.set_ylim(top - 0.9, -0.6)
-    ax.set(xlabel="BD-rate against scratch (%, PSNR), lower is better", title=title)
+    ax.set(xlabel="BD-rate against the anchor each block names (%, PSNR), lower is better", title=title)
     ax.grid(alpha=0.3, axis="x")
     fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     return fig

@@ -54,12 +54,13 @@ def seed_variant(base: str, seed: int) -> str:
 
 
 SEEDS_FILE = "seeds.csv"
+TEACHER_GAP_FILE = "teacher_gap.csv"
 PIPELINE_FILE = "pipeline.yaml"
 RUN_STATE_FILE = "state.json"  # not training's state.pt: which notebooks completed
 BD_RATE_FILE = "bd_rate.csv"
 PARAMS_SPEED_FILE = "params_speed.csv"
 #: Tables copied beside the key figures (from runs/<name>/results/), so that numbers can be checked in git.
-KEY_TABLES = ("bd_rate.csv", "params_speed.csv", "learning_curve.csv", "seeds.csv")
+KEY_TABLES = ("bd_rate.csv", "params_speed.csv", "learning_curve.csv", "seeds.csv", "teacher_gap.csv")
 TEACHER_RESULTS_FILE = "teacher.json"
 ANCHORS_DIR = "anchors"
 REPORT_INDEX = "index.html"
@@ -148,6 +149,11 @@ class RunLayout:
     @property
     def learning_curve(self) -> Path:
         return self.results / LEARNING_CURVE_FILE
+
+    @property
+    def teacher_gap(self) -> Path:
+        """Every student against the teacher at matched rate (notebook 04; RDAnalysis.teacher_gap)."""
+        return self.results / TEACHER_GAP_FILE
 
     @property
     def seeds(self) -> Path:

@@ -193,3 +193,28 @@ def test_bootstrap_from_results_files_with_ms_ssim():
     expected = bd_rate(*rd_curve(anchor, "ms-ssim"), *rd_curve(test, "ms-ssim"))
     assert result.estimate == pytest.approx(expected, abs=1e-9)
     assert result.estimate == pytest.approx(-15.0, abs=1e-9)
+
+
+def test_matched_rate_gap_on_the_teacher_s_front(tmp_path):
+    # a teacher whose top lambda folds back (more bits, less quality): no BD figure, but a gap at matched rate
+    from feds_lab.evaluation.evaluate import make_results, save_results
+    from feds_lab.evaluation.rd_analysis import matched_rate_gap
+
+    def results(name, points):
+        rows = [{"rows": [{"image": f"i{k}", "bpp": b, "psnr-rgb": q + (0.2 if k else -0.2), "ms-ssim-rgb": 0.9}
+                          for k in range(2)], "setting": {"lmbda": l}} for l, (b, q) in points.items()]
+        return save_results(make_results(name, rows), tmp_path / f"{name}.json")
+
+    teacher = results("teacher", {1: (0.1, 20.0), 2: (0.2, 23.0), 3: (0.4, 25.0), 4: (0.5, 24.0)})
+    student = results("student", {1: (0.05, 18.0), 2: (np.sqrt(0.02), 21.0), 3: (0.3, 23.0), 4: (0.6, 24.0)})
+    row = matched_rate_gap(teacher, student, bootstrap=50)
+    # front: 0.1, 0.2, 0.4 (the 0.5 point is beaten by 0.4); inside it the student's 0.141 and 0.3 bpp.
+    # At sqrt(0.02) (halfway in log-rate from 0.1 to 0.2) the front gives 21.5 dB: -0.5; at 0.3, log-linear
+    # between 0.2 (23) and 0.4 (25): 23 + 2 log(1.5)/log(2) = 24.17 dB: -1.17
+    assert (row["points"], row["of"]) == (2, 4) and row["anchor_front"].startswith("3 of 4 points")
+    expected = np.mean([21.0 - 21.5, 23.0 - (23 + 2 * np.log(1.5) / np.log(2))])
+    assert row["gap_db"] == pytest.approx(expected, abs=1e-9)
+    assert row["per_lambda"].startswith("2: -0.50, 3: -1.17") and "left out" in row["note"]
+    assert row["ci_low"] <= row["gap_db"] <= row["ci_high"]
+    far = results("far", {1: (1.0, 30.0), 2: (2.0, 31.0), 3: (3.0, 32.0), 4: (4.0, 33.0)})
+    assert np.isnan(matched_rate_gap(teacher, far)["gap_db"])  # nothing inside the teacher's rates: no figure

@@ -51,8 +51,10 @@ def test_pipeline_writes_everything(pipeline_run):
     assert teacher["meta"]["threads"] == 1  # the kernel took the pipeline's threads (torch's default is 2+)
     bd = (run / "results" / "bd_rate.csv").read_text().splitlines()
     assert bd[0].startswith("anchor,test") and len(bd) == 1 + 6  # feds-teacher, scratch-teacher, feds-scratch, 3 x JPEG
+    gap = (run / "results" / "teacher_gap.csv").read_text().splitlines()  # feds and scratch at the teacher's rates
+    assert gap[0].startswith("anchor,test,metric,points") and len(gap) == 1 + 2
     seeds = (run / "results" / "seeds.csv").read_text().splitlines()  # seed 0, seed 1, pooled (or why not)
-    assert seeds[0].startswith("variant,comparison,seed") and len(seeds) == 1 + 3
+    assert seeds[0].startswith("variant,anchor_group,comparison,seed") and len(seeds) == 1 + 3
     assert (run / "figures" / "seeds.png").is_file()
     state = json.loads((run / "state.json").read_text())
     assert list(state) == list(NOTEBOOKS)
@@ -148,3 +150,29 @@ def test_notebook_02_runs_on_a_brought_codec(tmp_path):
     assert (run / "figures" / "channel_entropy_heatmap.png").stat().st_size > 10_000
     ablation = (run / "figures" / "channel_ablation.csv").read_text().splitlines()
     assert ablation[0].startswith("image,variant,bpp,psnr") and len(ablation) == 1 + 2 * 3
+
+
+def test_a_variant_can_distil_another_lambda_s_teacher(tmp_path):
+    # teacher_for (ours, issue 13): a student distils the teacher nearest its rate, not its own lambda's
+    cfg = tiny(tmp_path, variants={"feds": {}, "matched": {"alpha": 0.01, "teacher_for": {0.025: 0.0067}},
+                                   "scratch": {"baseline": "scratch"}}).resolved()
+    layout = cfg.layout
+    matched = cfg.train_config("student", 0.025, "matched")
+    assert matched.teacher == str(layout.teacher_model(0.0067)) and matched.alpha == 0.01
+    assert "matched" in matched.warm_start  # its own ladder still
+    assert cfg.train_config("student", 0.013, "matched").teacher == str(layout.teacher_model(0.013))  # the rest: its own
+    assert cfg.train_config("student", 0.025, "feds").teacher == str(layout.teacher_model(0.025))
+    with pytest.raises(FedsLabError, match=r"not in the ladder"):
+        tiny(tmp_path, variants={"feds": {"teacher_for": {0.025: 0.5}}}).resolved().train_config("student", 0.025, "feds")
+    with pytest.raises(FedsLabError, match="scratch baseline"):
+        tiny(tmp_path, variants={"feds": {}, "scratch": {"baseline": "scratch", "teacher_for": {0.025: 0.0067}}}
+             ).resolved().train_config("student", 0.025, "scratch")
+    with pytest.raises(FedsLabError, match="must be a mapping"):
+        tiny(tmp_path, variants={"feds": {"teacher_for": [0.0067]}}).resolved().train_config("student", 0.025, "feds")
+
+
+def test_a_variant_named_for_its_budget_trains_at_it(tmp_path):
+    cfg = tiny(tmp_path, variants={"feds": {}, "feds_long@12": {"alpha": 0.01}}).resolved()
+    assert cfg.train_config("student", LAMBDAS[1], "feds_long@12").steps == 12
+    with pytest.raises(FedsLabError, match="named for 12 steps but sets steps: 6"):
+        tiny(tmp_path, variants={"feds": {}, "feds_long@12": {"steps": 6}}).resolved()

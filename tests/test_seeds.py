@@ -136,3 +136,27 @@ def test_a_budget_s_seeds_are_pooled_against_scratch_at_that_budget(tmp_path):
     del groups["scratch@600"]
     assert set(RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=50,
                           seed_groups=groups).seed_table()["variant"]) == {"feds"}
+
+
+def test_a_variant_of_the_reference_is_pooled_against_it_too(tmp_path):
+    # rate_matched@600 changes feds@600 (its teacher pairing): against scratch@600 and against feds@600,
+    # seed by seed and pooled, each in its own block of the seed figure
+    from feds_lab.plots import seed_comparison
+
+    factors = {"scratch@600": 1.0, "scratch_s1@600": 1.0, "feds@600": 1.2, "feds_s1@600": 1.2,
+               "rate@600": 0.9, "rate_s1@600": 0.9, "feds": 1.0, "scratch": 1.0}
+    files = [_results(name, f, tmp_path, k) for k, (name, f) in enumerate(factors.items())]
+    groups = {"scratch@600": {0: "scratch@600", 1: "scratch_s1@600"}, "feds@600": {0: "feds@600", 1: "feds_s1@600"},
+              "rate@600": {0: "rate@600", 1: "rate_s1@600"}}
+    analysis = RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=100,
+                          seed_groups=groups, reference="feds")
+    table = analysis.seed_table()
+    pooled = table[table.comparison == "pooled"].set_index(["variant", "anchor_group"])
+    assert sorted(pooled.index) == [("feds@600", "scratch@600"), ("rate@600", "feds@600"), ("rate@600", "scratch@600")]
+    assert pooled.loc[("rate@600", "scratch@600"), "bd_rate"] == pytest.approx(-10, abs=3)
+    assert pooled.loc[("rate@600", "feds@600"), "bd_rate"] == pytest.approx(100 * (0.9 / 1.2 - 1), abs=3)
+    against_feds = table[(table.variant == "rate@600") & (table.anchor_group == "feds@600") & (table.comparison != "pooled")]
+    assert set(against_feds["anchor"]) == {"feds@600", "feds_s1@600"}  # each seed against the reference's same seed
+    ax = seed_comparison(table).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["feds@600\nvs scratch@600", "rate@600\nvs scratch@600",
+                                                            "rate@600\nvs feds@600"]

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .anchors import run_anchors
-from .bdrate import BDRateError, bd_quality, bd_rate, bootstrap_bd, quality_overlap
+from .bdrate import BDRateError, bd_quality, bd_rate, bootstrap_bd, pareto_front, quality_at_rate, quality_overlap
 from .evaluate import (
     _quality_transform,
     evaluate_model,
@@ -81,6 +81,48 @@ def bd_table(anchor, tests, metric="psnr", method="pchip", bootstrap=0, confiden
             row.update(bd_rate=np.nan, bd_quality=np.nan, note=f"not computable: {err}")
         rows.append(row)
     return rows
+
+
+def matched_rate_gap(anchor, test, metric: str = "psnr", bootstrap: int = 0, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, Any]:
+    """The test curve's quality minus the anchor's at the same rate (dB), averaged over the test's points
+    that lie inside the rate range of the anchor's Pareto front (none extrapolated), with a bootstrap
+    over images (the points compared stay those of the full data).
+
+    Where no BD figure exists because the anchor's curve folds back (a teacher whose top lambda is beaten
+    by the one below it), this still says how far a student lies from it. Ours, not the paper's measure."""
+    anchor, test = load_results(anchor), load_results(test)
+    a_curve, t_curve = rd_curve(anchor, metric), rd_curve(test, metric)
+    lambdas = [s.get("lmbda") for s in test.get("settings") or [{}] * len(t_curve[0])]
+    row: dict[str, Any] = {"anchor": anchor["name"], "test": test["name"], "metric": metric}
+    front = pareto_front(*a_curve)[0]
+    inside = (t_curve[0] >= front.min()) & (t_curve[0] <= front.max()) if front.size >= 2 else np.zeros(len(t_curve[0]), bool)
+    row.update(points=int(inside.sum()), of=int(inside.size),
+               anchor_front=f"{front.size} of {len(a_curve[0])} points, {front.min():.3f}-{front.max():.3f} bpp")
+    if not inside.any():
+        row.update(gap_db=np.nan, note="not computable: no test point lies in the rate range of the anchor's front"
+                   if front.size >= 2 else "not computable: the anchor's front has fewer than two points")
+        return row
+    gaps = t_curve[1][inside] - quality_at_rate(a_curve, t_curve[0][inside])
+    row.update(gap_db=float(gaps.mean()),
+               per_lambda=", ".join(f"{l:g}: {g:+.2f}" if l is not None else f"{g:+.2f}"
+                                    for l, g in zip(np.asarray(lambdas, dtype=object)[inside], gaps)),
+               note="" if inside.all() else f"{int((~inside).sum())} point(s) outside the anchor's rate range left out")
+    if bootstrap:
+        from .bdrate import _summarise
+
+        transform = _quality_transform(metric)
+        _, ra, qa, rt, qt = paired_per_image(anchor, test, metric)  # points in rd_curve's order (by rate)
+
+        def figure(rows: np.ndarray) -> float:
+            a = ra[rows].mean(0), transform(qa[rows].mean(0))
+            t_rate, t_quality = rt[rows].mean(0)[inside], transform(qt[rows].mean(0))[inside]
+            return float(np.mean(t_quality - quality_at_rate(a, t_rate)))
+
+        rng = np.random.default_rng(seed)
+        result = _summarise(row["gap_db"], lambda: figure(rng.integers(0, ra.shape[0], ra.shape[0])), bootstrap, confidence)
+        row.update(ci_low=result.low, ci_high=result.high, resamples=result.n_resamples, confidence=confidence)
+    return row
 
 
 def evaluate_curve(name: str, checkpoints: dict[float, Path], images, description: str = "") -> dict[str, Any]:
@@ -166,15 +208,34 @@ class RDAnalysis:
             self._bd[metric] = df.fillna({"note": ""})
         return self._bd[metric]
 
+    def teacher_gap(self, metric: str = "psnr") -> pd.DataFrame:
+        """Every student against the teacher at matched rate (:func:`matched_rate_gap`): the figure to read
+        where the BD table says "not computable" because the teacher's curve folds back; empty without one."""
+        if "teacher" not in self.names:
+            return pd.DataFrame()
+        by_name = {load_results(f)["name"]: f for f in self.files}
+        roles = [r for r in dict.fromkeys([self.reference, "scratch", *self.names]) if r in self.names
+                 and r != "teacher" and not r.startswith("anchor:") and "@" not in r and r not in self.replicas]
+        return pd.DataFrame([matched_rate_gap(by_name[self.names["teacher"]], by_name[self.names[r]], metric=metric,
+                                              bootstrap=self.bootstrap) for r in roles])
+
     @property
     def bd_table(self) -> pd.DataFrame:
         return self.bd_table_for("psnr")
 
     def seed_table(self, metric: str = "psnr") -> pd.DataFrame:
-        """Each seeded variant against scratch, seed by seed and pooled (evaluation.seeds); empty without seeds."""
+        """Each seeded variant against scratch, seed by seed and pooled (evaluation.seeds), then each
+        against the reference (the FEDS it changes) where the reference has seeds at its budget; empty
+        without seeds. Column ``anchor_group`` says which."""
+        from ..run_folder import split_curve_variant
         from .seeds import seed_table
 
-        return seed_table(self, self.seed_groups, metric=metric)
+        tables = [seed_table(self, self.seed_groups, metric=metric)]
+        if self.reference != "scratch":
+            changed = {v: s for v, s in self.seed_groups.items() if split_curve_variant(v)[0] != "scratch"}
+            tables.append(seed_table(self, changed, anchor=self.reference, metric=metric))
+        tables = [t for t in tables if len(t)]
+        return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, float], Path], images: Sequence,

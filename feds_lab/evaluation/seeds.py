@@ -63,13 +63,13 @@ def seed_table(analysis, groups: dict[str, dict[int, str]], anchor: str = "scrat
         for seed in shared:
             row = bd_table(path(anchor_seeds[seed]), [path(seeds[seed])], metric=metric, bootstrap=n_boot,
                            confidence=confidence, strict=False)[0]
-            row.update(variant=variant, comparison=f"seed {seed}", seed=seed, n_anchor=1, n_test=1)
+            row.update(variant=variant, anchor_group=anchor_group, comparison=f"seed {seed}", seed=seed, n_anchor=1, n_test=1)
             rows.append(row)
             per_seed.append(row["bd_rate"])
         rows.append(_pooled_row(variant, anchor_group, seeds, anchor_seeds, path, metric, n_boot, confidence, per_seed))
     if not rows:
         return pd.DataFrame()
-    columns = ["variant", "comparison", "seed", "anchor", "test", "n_anchor", "n_test", "bd_rate", "ci_low",
+    columns = ["variant", "anchor_group", "comparison", "seed", "anchor", "test", "n_anchor", "n_test", "bd_rate", "ci_low",
                "ci_high", "bd_quality", "pairs", "wins", "seed_mean", "seed_sd", "note"]
     df = pd.DataFrame(rows)
     return df[[c for c in columns if c in df.columns] + [c for c in df.columns if c not in columns]]
@@ -81,7 +81,7 @@ def _pooled_row(variant, anchor, seeds, anchor_seeds, path, metric, n_boot, conf
     first = load_results(path(next(iter(anchor_seeds.values()))))
     runs = {arm: [paired_per_image(first, load_results(path(role)), metric)[3:] for role in group.values()]
             for arm, group in (("anchor", anchor_seeds), ("test", seeds))}
-    row: dict[str, Any] = {"variant": variant, "comparison": "pooled", "seed": "all",
+    row: dict[str, Any] = {"variant": variant, "anchor_group": anchor, "comparison": "pooled", "seed": "all",
                            "anchor": f"{anchor} ({len(anchor_seeds)} seeds)", "test": f"{variant} ({len(seeds)} seeds)",
                            "n_anchor": len(anchor_seeds), "n_test": len(seeds), "metric": metric}
     finite = [b for b in per_seed if np.isfinite(b)]
