@@ -19,7 +19,16 @@ import pandas as pd
 import torch
 
 from .anchors import run_anchors
-from .bdrate import BDRateError, bd_quality, bd_rate, bootstrap_bd, pareto_front, quality_at_rate, quality_overlap
+from .bdrate import (
+    BDRateError,
+    _summarise,
+    bd_quality,
+    bd_rate,
+    bootstrap_bd,
+    pareto_front,
+    quality_at_rate,
+    quality_overlap,
+)
 from .evaluate import (
     _quality_transform,
     evaluate_model,
@@ -109,8 +118,6 @@ def matched_rate_gap(anchor, test, metric: str = "psnr", bootstrap: int = 0, con
                                     for l, g in zip(np.asarray(lambdas, dtype=object)[inside], gaps)),
                note="" if inside.all() else f"{int((~inside).sum())} point(s) outside the anchor's rate range left out")
     if bootstrap:
-        from .bdrate import _summarise
-
         transform = _quality_transform(metric)
         _, ra, qa, rt, qt = paired_per_image(anchor, test, metric)  # points in rd_curve's order (by rate)
 
