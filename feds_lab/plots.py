@@ -51,7 +51,8 @@ def rd_curves(
     loaded = [load_results(r) for r in results]
     if not loaded:
         raise ValueError("rd_curves needs at least one results file")
-    colors = sns.color_palette("tab10", n_colors=max(len(loaded), 1))
+    # tab10 repeats after ten curves: past that, tab20's twenty (a study draws a dozen variants and more)
+    colors = sns.color_palette("tab10" if len(loaded) <= 10 else "tab20", n_colors=max(len(loaded), 1))
     learned_max, classical_max, shown = 0.0, 0.0, []
     for i, (color, res) in enumerate(zip(colors, loaded)):
         bpp, quality = rd_curve(res, metric)
@@ -82,7 +83,11 @@ def rd_curves(
     ax.set_ylabel(METRIC_LABELS[metric])
     ax.set_title(title or f"Rate-distortion: {METRIC_LABELS[metric].split(' (')[0]} against rate")
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="best")
+    if len(loaded) > 8:  # a long legend inside the axes hides the curves
+        fig.set_figwidth(fig.get_figwidth() + 3.5)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, borderaxespad=0)
+    else:
+        ax.legend(loc="best")
     return fig
 
 

@@ -77,7 +77,7 @@ results.summary
 from feds_lab import plots
 
 for metric, fname in (("psnr", "rd_psnr.png"), ("ms-ssim", "rd_ms_ssim.png")):
-    fig = plots.rd_curves(results.curve_files(), metric=metric,  # a variant's other seeds: see below
+    fig = plots.rd_curves(results.curve_files(), metric=metric,  # other seeds and budgets: their own figures below
                           title=f"{metric.upper()} vs rate, {len(images)} held-out images ({cfg.budget_label('all')})")
     plots.save_figure(fig, layout.figure(fname))
     display(fig)

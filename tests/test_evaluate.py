@@ -350,3 +350,17 @@ def test_rd_curves_zoom_on_learned_codecs_when_anchors_reach_far(tmp_path):
     assert near.get_xlim()[1] > 1.3 * top and "anchors" not in near.get_xlabel()
     with pytest.raises(ValueError, match="xlim"):
         plots.rd_curves([learned], xlim="wide")
+
+
+def test_rd_curves_with_many_curves_keep_them_apart():
+    # a study draws a dozen variants: every curve its own colour, the legend beside the axes, not on them
+    from matplotlib.colors import to_hex
+
+    from feds_lab import plots
+
+    curves = [fake_results(f"student v{k}", 1.0 + 0.05 * k) for k in range(12)]
+    fig = plots.rd_curves(curves)
+    ax = fig.axes[0]
+    assert len({to_hex(line.get_color()) for line in ax.get_lines()}) == 12
+    assert ax.get_legend().get_bbox_to_anchor().x0 > ax.get_window_extent().x1  # outside, right of the axes
+    assert len({to_hex(line.get_color()) for line in plots.rd_curves(curves[:3]).axes[0].get_lines()}) == 3

@@ -166,9 +166,12 @@ class RDAnalysis:
         """The roles that are another seed of a variant (``feds_s3``): the seed table's, not the BD table's."""
         return {role for base, seeds in self.seed_groups.items() for role in seeds.values() if role != base}
 
-    def curve_files(self) -> list[Path]:
-        """The results files to draw: every curve but a variant's other seeds (the seed figure has those)."""
+    def curve_files(self, budgets: bool = False) -> list[Path]:
+        """The results files to draw: every curve but a variant's other seeds (the seed figure has those)
+        and, unless ``budgets``, a learning curve's other budgets (``feds@600``: the learning-curve figure)."""
         hidden = {self.names[r] for r in self.replicas if r in self.names}
+        if not budgets:
+            hidden |= {name for role, name in self.names.items() if "@" in role}
         return [f for f in self.files if load_results(f)["name"] not in hidden]
 
     def comparisons(self) -> list[tuple[str, str]]:
