@@ -182,6 +182,10 @@ class PipelineConfig:
         if self.reference not in self.variants:
             raise FedsLabError(f"reference: {self.reference!r} is not a variant; the variants are {sorted(self.variants)}")
         new.variants = self._seed_variants(self._curve_variants(new.student_steps))
+        for name, overrides in new.variants.items():  # a bad teacher_for fails here, not when its run starts
+            for lmbda in new.lambdas:
+                new._paired_teacher(name, lmbda, (overrides or {}).get("teacher_for"),
+                                    (overrides or {}).get("baseline") == "scratch")
         for pair in self.comparisons or []:
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
                 raise FedsLabError(f"comparisons: each entry is [anchor, test], got {pair!r}")
