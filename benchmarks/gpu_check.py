@@ -13,14 +13,16 @@ stopped at its limit still leaves what it had):
    the paper claims about 73 % less time, a ratio of 0.27.
 4. ``cross_device``: a stream encoded on the GPU, decoded on the CPU (CompressAI's cross-device
    pitfall: the entropy model's scales computed on two devices may differ in the last bit, and a
-   stream then decodes to garbage or not at all). Recorded: whether the CPU decodes the GPU's bytes
-   to exactly the GPU's own reconstruction, the largest difference in 8-bit levels, the PSNR of
-   both against the original, and whether CPU and GPU write the same bytes.
+   stream then decodes to garbage or not at all), for each entropy-parameter path
+   (:mod:`feds_lab.entropy_path`: ``float32``, format 1's, and ``float64`` on one thread, the default).
+   Recorded per path: whether the CPU decodes the GPU's bytes to exactly the GPU's own reconstruction
+   or refuses them (the symbol digest caught a mismatch), the largest difference in 8-bit levels, the
+   PSNR of both against the original, and whether CPU and GPU write the same bytes.
 5. ``ddp``: a short data-parallel run under ``torchrun`` (2 processes if there are 2 GPUs, else 1;
    NCCL on GPUs, gloo on CPU), a few steps, and what its checkpoint record says (world size, device).
 
-On the GPU machine (nvidia-h200: its ``python3`` has torch, timm, scikit-image; compressai and
-pytorch-msssim travel as wheels, see /work/.library/device/README.md). Once, here, in the repo root::
+On a lent GPU machine whose ``python3`` has torch, timm and scikit-image but no package index,
+compressai and pytorch-msssim travel as wheels. Once, here, in the repo root::
 
     echo /.whl/ >> .git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
@@ -213,29 +215,36 @@ def cross_device_section(args, state: dict) -> dict:
     from feds_lab.data import to_uint8
     from feds_lab.evaluation.metrics import psnr
 
+    from feds_lab.entropy_path import PATHS
+    from feds_lab.errors import EntropyMismatchError
+
     x = _image(args)
     out = {"encode_device": args.device, "decode_device": "cpu", "same_device": args.device == "cpu"}
     for role in ("teacher", "student"):
-        r: dict = {}
-        with torch.no_grad():
-            dev_model = load_model(state[role], device=args.device)
-            enc = encode(dev_model, x)
-            ref = to_uint8(decode(dev_model, enc.data).x_hat.cpu())
-            del dev_model
-            cpu_model = load_model(state[role], device="cpu")
-            r["streams_equal"] = encode(cpu_model, x).data == enc.data  # do both devices write the same bytes?
-            try:
-                got = to_uint8(decode(cpu_model, enc.data).x_hat.cpu())
-            except Exception as e:
-                r.update(decoded=False, error=f"{type(e).__name__}: {e}")
-            else:
-                diff = (got.int() - ref.int()).abs()
-                r.update(decoded=True, identical=bool(torch.equal(got, ref)), max_abs_diff_levels=int(diff.max()),
-                         differing_pixels_share=round(float((diff > 0).float().mean()), 6),
-                         psnr_device_decode=round(psnr(x, ref.float() / 255), 3),
-                         psnr_cpu_decode=round(psnr(x, got.float() / 255), 3))
-        out[role] = r
-    out["all_identical"] = all(out[r].get("identical") for r in ("teacher", "student"))
+        out[role] = {}
+        for path_name, path in PATHS.items():
+            r: dict = {}
+            with torch.no_grad():
+                dev_model = load_model(state[role], device=args.device)
+                enc = encode(dev_model, x, path=path)
+                ref = to_uint8(decode(dev_model, enc.data).x_hat.cpu())
+                del dev_model
+                cpu_model = load_model(state[role], device="cpu")
+                r["streams_equal"] = encode(cpu_model, x, path=path).data == enc.data  # same bytes on both devices?
+                try:
+                    got = to_uint8(decode(cpu_model, enc.data).x_hat.cpu())
+                except EntropyMismatchError as e:
+                    r.update(decoded=False, refused=True, error=str(e))
+                except Exception as e:
+                    r.update(decoded=False, refused=False, error=f"{type(e).__name__}: {e}")
+                else:
+                    diff = (got.int() - ref.int()).abs()
+                    r.update(decoded=True, identical=bool(torch.equal(got, ref)), max_abs_diff_levels=int(diff.max()),
+                             differing_pixels_share=round(float((diff > 0).float().mean()), 6),
+                             psnr_device_decode=round(psnr(x, ref.float() / 255), 3),
+                             psnr_cpu_decode=round(psnr(x, got.float() / 255), 3))
+            out[role][path_name] = r
+    out["all_identical"] = all(out[r]["float64"].get("identical") for r in ("teacher", "student"))
     return out
 
 
@@ -339,9 +348,12 @@ def main(argv: list[str] | None = None) -> int:
               f"time ratio {c['ratio_encode_decode']} (paper {PAPER_TIME_RATIO}), params ratio {c['ratio_params']}")
     if secs.get("cross_device", {}).get("ok"):
         x = secs["cross_device"]
-        print(f"  {args.device} -> cpu decode identical: teacher {x['teacher'].get('identical')}, student "
-              f"{x['student'].get('identical')}; same bytes from both devices: teacher {x['teacher']['streams_equal']}, "
-              f"student {x['student']['streams_equal']}")
+        for path_name in ("float32", "float64"):
+            print(f"  {args.device} -> cpu decode ({path_name} entropy path) identical: teacher "
+                  f"{x['teacher'][path_name].get('identical')} (refused: {x['teacher'][path_name].get('refused', False)}), "
+                  f"student {x['student'][path_name].get('identical')} (refused: {x['student'][path_name].get('refused', False)}); "
+                  f"same bytes from both devices: teacher {x['teacher'][path_name]['streams_equal']}, "
+                  f"student {x['student'][path_name]['streams_equal']}")
     if secs.get("ddp", {}).get("ok"):
         d = secs["ddp"]
         print(f"  ddp: {d['processes']} process(es), {d['backend']}, {d['steps']} steps, world_size {d['world_size']}")

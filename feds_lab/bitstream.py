@@ -3,9 +3,11 @@
 Layout (big-endian)::
 
     magic  b"FEDS"          4 bytes
-    version                 1 byte   (FORMAT_VERSION)
+    version                 1 byte   (FORMAT_VERSION; version 1 files, without the next two fields, still read)
     model fingerprint       8 bytes  (feds_lab.checkpoint.fingerprint)
     image height, width     2 x u32  (before padding)
+    entropy-parameter path  1 byte   (version 2: feds_lab.entropy_path, 1 = float64 on one thread)
+    symbol digest           8 bytes  (version 2: the hash the decoder must reproduce)
     stream count n          1 byte
     stream lengths          n x u32
     shape length            u16, then the latent shapes as compact JSON
@@ -31,7 +33,8 @@ from typing import Any
 from .errors import BitstreamError, one_line
 
 MAGIC = b"FEDS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READS_VERSIONS = (1, 2)
 MAX_SIDE = 1 << 16  # refuse absurd sizes before allocating anything
 #: the most pixels a header may declare: what our image reader accepts at most (Pillow's bomb limit,
 #: twice its warning limit of 89,478,485 pixels); the decoder also checks the memory it will need
@@ -39,7 +42,8 @@ MAX_PIXELS = 2 * 89_478_485
 MAX_SHAPE_BYTES = 1024
 MAX_SHAPE_DEPTH = 6
 MAX_SHAPE_ITEMS = 64
-_HEAD = struct.Struct(">4sB8sIIB")
+_HEAD_V1 = struct.Struct(">4sB8sIIB")
+_HEAD = struct.Struct(">4sB8sIIB8sB")  # ..., height, width, path, digest, stream count
 
 
 @dataclass
@@ -49,12 +53,22 @@ class Bitstream:
     width: int
     streams: list[bytes]
     shape: Any  # the codec's latent shapes, as its decompress() wants them
+    path: int = 0  # how the entropy parameters were computed (feds_lab.entropy_path); 0 in version 1
+    digest: bytes | None = None  # the decoder must reproduce it (feds_lab.entropy_path.SymbolDigest)
+    version: int = FORMAT_VERSION
 
     def to_bytes(self) -> bytes:
         if not 0 < len(self.streams) < 256:
             raise ValueError("between 1 and 255 streams")
         shape = json.dumps(_plain(self.shape), separators=(",", ":")).encode()
-        out = bytearray(_HEAD.pack(MAGIC, FORMAT_VERSION, bytes.fromhex(self.fingerprint), self.height, self.width, len(self.streams)))
+        if self.version == 1:  # what feds-lab wrote before the digest (kept to test that such files still read)
+            out = bytearray(_HEAD_V1.pack(MAGIC, 1, bytes.fromhex(self.fingerprint), self.height, self.width,
+                                          len(self.streams)))
+        else:
+            if self.digest is None or len(self.digest) != 8 or not 0 <= self.path < 256:
+                raise ValueError("a version 2 file needs an 8-byte digest and a path number")
+            out = bytearray(_HEAD.pack(MAGIC, FORMAT_VERSION, bytes.fromhex(self.fingerprint), self.height, self.width,
+                                       self.path, self.digest, len(self.streams)))
         out += struct.pack(f">{len(self.streams)}I", *map(len, self.streams))
         out += struct.pack(">H", len(shape)) + shape
         for s in self.streams:
@@ -76,17 +90,25 @@ class Bitstream:
     def _parse(cls, data: bytes) -> "Bitstream":
         if len(data) < 4 or data[:4] != MAGIC:
             raise BitstreamError("not a feds-lab file (wrong magic bytes)")
-        if len(data) < _HEAD.size + 4:
+        if len(data) < _HEAD_V1.size + 4:
             raise BitstreamError(f"file is truncated ({len(data)} bytes, shorter than its header)")
-        _, version, fp, h, w, n = _HEAD.unpack_from(data)
-        if version != FORMAT_VERSION:
-            raise BitstreamError(f"format version {version} is not supported (this feds-lab reads version {FORMAT_VERSION})")
+        version = data[4]
+        if version not in READS_VERSIONS:
+            raise BitstreamError(f"format version {version} is not supported (this feds-lab reads versions "
+                                 f"{', '.join(map(str, READS_VERSIONS))})")
+        head = _HEAD if version == 2 else _HEAD_V1
+        if len(data) < head.size + 4:
+            raise BitstreamError(f"file is truncated ({len(data)} bytes, shorter than its header)")
         if zlib.crc32(data[:-4]) != struct.unpack(">I", data[-4:])[0]:
             raise BitstreamError("checksum mismatch: the file is truncated or corrupted")
+        if version == 2:
+            _, _, fp, h, w, path, digest, n = head.unpack_from(data)
+        else:
+            (_, _, fp, h, w, n), path, digest = head.unpack_from(data), 0, None
         check_image_size(h, w)
         if n == 0:
             raise BitstreamError("implausible header (no streams)")
-        pos = _HEAD.size
+        pos = head.size
         if pos + 4 * n + 2 + 4 > len(data):
             raise BitstreamError(f"malformed header ({n} stream lengths do not fit in {len(data)} bytes)")
         lengths = struct.unpack_from(f">{n}I", data, pos)
@@ -103,7 +125,7 @@ class Bitstream:
         for length in lengths:
             streams.append(data[pos : pos + length])
             pos += length
-        return cls(fp.hex(), h, w, streams, shape)
+        return cls(fp.hex(), h, w, streams, shape, path, digest, version)
 
 
 def check_image_size(h: int, w: int) -> None:

@@ -8,7 +8,6 @@ and crops back to the original size.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,8 @@ from PIL import Image
 
 from .bitstream import Bitstream, shape_from_json
 from .checkpoint import fingerprint
-from .errors import BitstreamError, CodingError, FedsLabError, OutputError, one_line
+from .entropy_path import DEFAULT_PATH, PATH_FLOAT32, PATHS, check_latent, coder, recording
+from .errors import BitstreamError, CodingError, EntropyMismatchError, FedsLabError, OutputError, one_line
 from .io import atomic_write
 from .models.entropy import PAD_MULTIPLE
 
@@ -127,49 +127,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-#: Latent values beyond this magnitude (or non-finite ones) are refused: CompressAI's C++ coder
-#: loops for ever on the integer a NaN becomes, and no trained codec's latent comes near 2**20.
-LATENT_LIMIT = float(1 << 20)
-
-
-def _entropy_models(model: torch.nn.Module):
-    from compressai.entropy_models import EntropyModel
-
-    return [m for m in model.modules() if isinstance(m, EntropyModel)]
-
-
-def _check_latent(t: torch.Tensor, what: str, error=CodingError) -> None:
-    if t.numel() and (not bool(torch.isfinite(t).all()) or float(t.abs().max()) > LATENT_LIMIT):
-        raise error(f"{what} holds non-finite or absurd values (beyond {LATENT_LIMIT:g}); "
-                    "the model's weights are broken or the data is not what it claims")
-
-
-@contextlib.contextmanager
-def _guarded_compress(model: torch.nn.Module):
-    """Check every tensor handed to an entropy coder (latents, means, scales) before the C++ coder sees it."""
-    patched = []
-    for m in _entropy_models(model):
-        def checked(*args, _orig=m.compress, **kwargs):
-            for t in (*args, *kwargs.values()):
-                if isinstance(t, torch.Tensor) and t.is_floating_point():
-                    _check_latent(t, "the latent this image gives")
-            return _orig(*args, **kwargs)
-
-        m.__dict__["compress"] = checked
-        patched.append(m)
-    try:
-        yield
-    finally:
-        for m in patched:
-            m.__dict__.pop("compress", None)
-
-
 @torch.no_grad()
-def encode(model: torch.nn.Module, x: torch.Tensor) -> EncodeResult:
+def encode(model: torch.nn.Module, x: torch.Tensor, path: int = DEFAULT_PATH) -> EncodeResult:
     """Compress one image (1, 3, H, W) in [0, 1] to a ``.feds`` file's bytes.
 
     The model must have been ``update()``-d (checkpoints from :mod:`feds_lab.checkpoint` are).
     Non-finite or absurd latents are refused (:class:`CodingError`) before the entropy coder runs.
+    ``path`` is how the entropy parameters are computed (:mod:`feds_lab.entropy_path`; the file
+    records it, with the digest of its symbols that the decoder must reproduce).
     """
     if x.dim() == 3:
         x = x.unsqueeze(0)
@@ -183,10 +148,11 @@ def encode(model: torch.nn.Module, x: torch.Tensor) -> EncodeResult:
     _sync(device)
     t0 = time.perf_counter()
     xp, _ = pad_image(x.to(device))
-    with _guarded_compress(model):
-        out = model.compress(xp)
+    c = coder(model, path, fp)
+    with recording(c, "encode") as digest:
+        out = c.compress(xp)
     streams = [s[0] for s in out["strings"]]
-    data = Bitstream(fp, h, w, streams, out["shape"]).to_bytes()
+    data = Bitstream(fp, h, w, streams, out["shape"], path, digest.digest()).to_bytes()
     _sync(device)
     return EncodeResult(data, h, w, time.perf_counter() - t0, sum(map(len, streams)))
 
@@ -243,15 +209,16 @@ def _layout(model: torch.nn.Module) -> _Layout | None:
     if cached is not None and cached[0] == fp:
         return cached[1]
     device = next(model.parameters()).device
-    g_a = _synthesis_module(model, "g_a")
+    c = coder(model, PATH_FLOAT32)
+    g_a = _synthesis_module(c, "g_a")
     seen: dict[str, int] = {}
     hook = g_a.register_forward_hook(lambda _m, _i, out: seen.__setitem__("y", out.numel())) if g_a is not None else None
     probes = {}
     try:
-        with torch.no_grad(), _guarded_compress(model):
+        with torch.no_grad(), recording(c, "encode"):
             for a, b in ((1, 1), (2, 1), (1, 2), (2, 2)):
                 x = torch.full((1, 3, a * PAD_MULTIPLE, b * PAD_MULTIPLE), 0.5, device=device)
-                out = model.compress(x)
+                out = c.compress(x)
                 probes[a, b] = (_plain(out["shape"]), len(out["strings"]))
                 if (a, b) == (1, 1):
                     per_block = seen.get("y", 0)
@@ -314,8 +281,16 @@ def _available_memory() -> int | None:
     return min(limits) if limits else None
 
 
+#: Threads the decoder's synthesis runs on (ours). A fixed count makes the decoded image the same
+#: whatever the caller's thread count: measured, float32 kernels on 1 thread and on 2 differ in the last
+#: bits, and about 30 of a photograph's 8-bit values by one level. None: the caller's threads (faster on
+#: several cores; the image may then differ by one level in a few values, never more: the entropy
+#: decoding itself does not depend on threads, :mod:`feds_lab.entropy_path`).
+SYNTHESIS_THREADS: int | None = 1
+
+
 @torch.no_grad()
-def decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
+def decode(model: torch.nn.Module, data: bytes, synthesis_threads: int | None = SYNTHESIS_THREADS) -> DecodeResult:
     """Decode a ``.feds`` file's bytes with the model that wrote it.
 
     Before the entropy decoder runs: the container is checked (:meth:`Bitstream.from_bytes`), the
@@ -325,7 +300,10 @@ def decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
     synthesis transform runs. After it: the image must be finite and of the declared size. Only
     :class:`~feds_lab.errors.FedsLabError` leaves this function.
     """
+    threads = torch.get_num_threads()
     try:
+        if synthesis_threads:
+            torch.set_num_threads(synthesis_threads)
         return _decode(model, data)
     except FedsLabError:
         raise
@@ -333,6 +311,8 @@ def decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
         raise BitstreamError("not enough memory to decode this file") from None
     except Exception as e:
         raise BitstreamError(f"the streams do not decode with this model ({type(e).__name__}: {one_line(e)})") from None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
@@ -367,22 +347,35 @@ def _decode(model: torch.nn.Module, data: bytes) -> DecodeResult:
     else:
         _check_shape(shape_from_json(bs.shape), bs.height, bs.width)
     shape = shape_from_json(bs.shape)
-    g_s = _synthesis_module(model, "g_s")
+    if bs.path not in PATHS.values():
+        raise BitstreamError(f"the file's entropy-parameter path {bs.path} is unknown to this feds-lab "
+                             f"(it knows {sorted(PATHS.values())})")
+    c = coder(model, bs.path, fp)
+    g_s = _synthesis_module(c, "g_s")
 
-    def check_y_hat(_m, args):
-        if args and isinstance(args[0], torch.Tensor):
-            _check_latent(args[0], "the decoded latent", error=BitstreamError)
+    def check_digest(digest) -> None:
+        if bs.digest is not None and digest.digest() != bs.digest:
+            raise EntropyMismatchError(
+                "decoded with other entropy parameters than the encoder's (thread count, machine or device "
+                "differ beyond what this file's entropy-parameter path absorbs); refusing to give a wrong image")
 
-    hook = g_s.register_forward_pre_hook(check_y_hat) if g_s is not None else None
     _sync(device)
     t0 = time.perf_counter()
-    try:
-        x_hat = model.decompress([[s] for s in streams], shape)["x_hat"]
-    except (RuntimeError, ValueError, AssertionError, IndexError, TypeError, KeyError) as e:
-        raise BitstreamError(f"the streams do not decode with this model ({type(e).__name__}: {one_line(e)})") from None
-    finally:
-        if hook is not None:
-            hook.remove()
+    with recording(c, "decode") as digest:
+        def check_y_hat(_m, args):  # before the synthesis runs: no work spent on a wrong latent
+            check_digest(digest)
+            if args and isinstance(args[0], torch.Tensor):
+                check_latent(args[0], "the decoded latent", error=BitstreamError)
+
+        hook = g_s.register_forward_pre_hook(check_y_hat, prepend=True) if g_s is not None else None
+        try:
+            x_hat = c.decompress([[s] for s in streams], shape)["x_hat"]
+        except (RuntimeError, ValueError, AssertionError, IndexError, TypeError, KeyError) as e:
+            raise BitstreamError(f"the streams do not decode with this model ({type(e).__name__}: {one_line(e)})") from None
+        finally:
+            if hook is not None:
+                hook.remove()
+        check_digest(digest)
     if tuple(x_hat.shape[-2:]) != (hp, wp):
         raise BitstreamError(f"decoded size {tuple(x_hat.shape[-2:])} does not match the header's {bs.height}x{bs.width}")
     if not bool(torch.isfinite(x_hat).all()):

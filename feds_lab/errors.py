@@ -13,6 +13,10 @@ class BitstreamError(FedsLabError):
     """A compressed file is truncated, corrupted, foreign, or from another model."""
 
 
+class EntropyMismatchError(BitstreamError):
+    """The decoder computed other entropy parameters than the encoder did: the image would be wrong."""
+
+
 class CheckpointError(FedsLabError):
     """A checkpoint file is missing, unreadable or not one of ours."""
 

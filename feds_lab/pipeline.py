@@ -39,7 +39,7 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 #: Fields that say where a run goes and which notebooks run, not what a notebook computes: they are
 #: not part of a notebook's --resume digest.
-_RUN_ONLY_FIELDS = ("name", "runs_dir", "figures_dir", "notebooks")
+_RUN_ONLY_FIELDS = ("name", "runs_dir", "figures_dir", "notebooks", "eval_cache")
 
 
 class PipelineError(FedsLabError):
@@ -102,6 +102,9 @@ class PipelineConfig:
     eval_data: str | None = None
     eval_split: str = "val"  #: split of eval_data to evaluate on: val | all
     runs_dir: str = "runs"
+    #: notebook 04's evaluation cache (feds_lab.evaluation.cache): a folder, "off", or None for
+    #: <runs_dir>/.eval-cache; the environment variable FEDS_LAB_EVAL_CACHE (off | folder) wins over it
+    eval_cache: str | None = None
     seed: int = 0
     device: str = "auto"  #: auto | cpu | cuda
     train: dict[str, Any] = field(default_factory=dict)  #: TrainConfig overrides for every run (crop, lr, ...)
@@ -207,6 +210,13 @@ class PipelineConfig:
                 raise FedsLabError(f"{key}: no such folder {path!r} (give a folder of images, or leave it out "
                                    "for the built-in photographs)")
             setattr(new, key, str(Path(path).resolve()))  # notebooks run in notebooks/: paths must not be relative
+        if self.eval_cache is False:  # YAML reads a bare ``off`` as False
+            new.eval_cache = "off"
+        elif self.eval_cache is not None:
+            if not isinstance(self.eval_cache, str) or not self.eval_cache.strip():
+                raise FedsLabError(f"eval_cache must be a folder, 'off' or None, got {self.eval_cache!r}")
+            if self.eval_cache.strip().lower() != "off":  # notebooks run in notebooks/: not relative
+                new.eval_cache = str(Path(self.eval_cache).expanduser().resolve())
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise FedsLabError(f"threads must be a positive integer or None, got {self.threads!r}")
         unknown = [n for n in new.notebooks if n not in NOTEBOOKS]

@@ -24,7 +24,7 @@
 # **01 teacher** → 02 channel entropy (what the teacher's latent channels carry) → 03 distillation (FEDS
 # student and a scratch baseline) → 04 RD analysis (is the student as good, and is it faster?).
 #
-# **The teacher** (our reading of the paper, see `shared/METHOD.md`): Cheng2020-style residual transforms,
+# **The teacher** (our reading of the paper, see `docs/method.md`): Cheng2020-style residual transforms,
 # Swin-Transformer-V2 window attention after the x/4, x/8, x/16 stages of the analysis transform $g_a$ and
 # before the matching stages of the synthesis transform $g_s$, a mean-scale hyperprior with a checkerboard
 # context, and a wider latent than the student.
@@ -38,8 +38,8 @@
 # %% [markdown]
 # > **About budgets.** The `tiny` preset (the built-in default) trains for a few hundred steps on two CPU
 # > cores: it shows the machinery, not the method's merit. Learned codecs train for hundreds of thousands
-# > of steps; every figure here is labelled with the budget that produced it. See `shared/METHOD.md` and
-# > the README for the `small` study and the `paper` preset on GPUs.
+# > of steps; every figure here is labelled with the budget that produced it. See `docs/method.md` and
+# > `docs/gpu.md` for the `small` study and the `paper` preset on GPUs.
 
 # %% tags=["parameters"]
 # Parameters: papermill replaces this cell. Every other parameter is read from the run folder's
@@ -96,7 +96,7 @@ pd.DataFrame([{"λ": l, **{k: read_record(p).get("budget", {}).get(k) for k in (
 # %% [markdown]
 # ## Things to try
 #
-# - **More steps** (`teacher_steps`, or the `small` preset): METHOD.md measured that a hyperprior passes JPEG
+# - **More steps** (`teacher_steps`, or the `small` preset): `docs/method.md` shows that a hyperprior passes JPEG
 #   on two CPU cores after about 6,000 steps at 128 px crops. Look for validation PSNR still climbing.
 # - **Crop size** (`train={"crop": 128}`): at 64 px crops the hyper-latent $z$ is 1×1; watch the rate term.
 # - **Another family** (`family="transformer"`): a Swin-only codec; compare its curves with the CNN's.

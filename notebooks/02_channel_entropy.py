@@ -36,8 +36,8 @@
 # %% [markdown]
 # > **About budgets.** The `tiny` preset (the built-in default) trains for a few hundred steps on two CPU
 # > cores: it shows the machinery, not the method's merit. Learned codecs train for hundreds of thousands
-# > of steps; every figure here is labelled with the budget that produced it. See `shared/METHOD.md` and
-# > the README for the `small` study and the `paper` preset on GPUs.
+# > of steps; every figure here is labelled with the budget that produced it. See `docs/method.md` and
+# > `docs/gpu.md` for the `small` study and the `paper` preset on GPUs.
 
 # %% tags=["parameters"]
 # Parameters: papermill replaces this cell. Every other parameter is read from the run folder's

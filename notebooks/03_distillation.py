@@ -17,7 +17,7 @@
 # # 03 · Distillation: FEDS in three stages, and the baseline it must beat
 #
 # **What this notebook teaches.** A small **student** (narrower, one residual block per stage, no
-# attention) learns from the frozen teacher in three stages (METHOD.md; split and weights are ours):
+# attention) learns from the frozen teacher in three stages (`docs/method.md`; split and weights are ours):
 #
 # 1. **Feature alignment**: $\mathcal{L}_{RD} + \alpha\,\mathcal{L}_{feat}$. For each tapped stage $l$, a 1×1
 #    adapter $A_l$ lifts the student's feature to the teacher's width, and the error is weighted by the
@@ -28,7 +28,7 @@
 #    $$\mathcal{L}_{ent} = \frac{1}{M_T}\sum_c w_c \cdot \operatorname{mean}\big((P(y_S)_c - y_{T,c})^2\big)$$
 # 3. **Fine-tuning**: $\mathcal{L}_{RD}$ alone (at `finetune_lr_factor` times the schedule's rate); the adapters are dropped.
 #
-# **Scale (ours, issue 13).** On raw activations these terms have no fixed ratio to $\mathcal{L}_{RD}$, so
+# **Scale (ours: scale-free losses).** On raw activations these terms have no fixed ratio to $\mathcal{L}_{RD}$, so
 # $\alpha = \beta = 1$ means nothing. The options: `feature_norm` / `latent_norm = "channel"` standardise
 # both sides per image and channel (the error becomes $1 - \rho$, Pearson's correlation, as in PKD);
 # `output_scale = "distortion"` writes output distillation as a share of the distortion term,
@@ -44,8 +44,8 @@
 # %% [markdown]
 # > **About budgets.** The `tiny` preset (the built-in default) trains for a few hundred steps on two CPU
 # > cores: it shows the machinery, not the method's merit. Learned codecs train for hundreds of thousands
-# > of steps; every figure here is labelled with the budget that produced it. See `shared/METHOD.md` and
-# > the README for the `small` study and the `paper` preset on GPUs.
+# > of steps; every figure here is labelled with the budget that produced it. See `docs/method.md` and
+# > `docs/gpu.md` for the `small` study and the `paper` preset on GPUs.
 
 # %% tags=["parameters"]
 # Parameters: papermill replaces this cell. Every other parameter is read from the run folder's
@@ -125,7 +125,7 @@ fig
 # - **Cross-family** distillation: `family="transformer", student_family="cnn"`.
 # - **Longer budgets** (`student_steps`): judge distillation on the rate-distortion plane (notebook 04's
 #   BD-rate against the baseline), not by a lower $\mathcal{L}_{RD}$ at one λ: at a few hundred steps a
-#   student has not reached its λ's operating point (METHOD.md).
+#   student has not reached its λ's operating point (`docs/method.md`, budgets).
 # - **Search** the settings instead of guessing: `feds-lab tune --config <pipeline.yaml> --trials N` trains
 #   FEDS ladders on `tune-train`, measures them on `tune-val` (never the images notebook 04 reports) by
 #   BD-rate against the scratch ladder, and notebook 04 shows what it found.

@@ -31,8 +31,8 @@
 # %% [markdown]
 # > **About budgets.** The `tiny` preset (the built-in default) trains for a few hundred steps on two CPU
 # > cores: it shows the machinery, not the method's merit. Learned codecs train for hundreds of thousands
-# > of steps; every figure here is labelled with the budget that produced it. See `shared/METHOD.md` and
-# > the README for the `small` study and the `paper` preset on GPUs.
+# > of steps; every figure here is labelled with the budget that produced it. See `docs/method.md` and
+# > `docs/gpu.md` for the `small` study and the `paper` preset on GPUs.
 
 # %% tags=["parameters"]
 # Parameters: papermill replaces this cell. Every other parameter is read from the run folder's
@@ -63,6 +63,13 @@ print(f"{len(images)} evaluation images: {[n for n, _ in images]}")
 #
 # Per image: real `compress`/`decompress`, bpp from the bytes (the likelihood estimate beside it), PSNR,
 # MS-SSIM, encode and decode times. Results are written in CompressAI's JSON format.
+#
+# Each checkpoint's evaluation is cached (`runs/.eval-cache/`, `feds_lab.evaluation.cache`) under the sha256
+# of the checkpoint's bytes, the images' pixels, the evaluation settings (device, threads) and the source of
+# the coding code: rerunning this notebook codes only what changed, and the cell says how many points came
+# from the cache. Cached points keep the encode/decode times measured when they were computed (each results
+# file's `meta["evaluation_cache"]` says when). `FEDS_LAB_EVAL_CACHE=off` (or `eval_cache: off` in
+# pipeline.yaml) turns the cache off; `FEDS_LAB_EVAL_CACHE=<folder>` moves it.
 
 # %%
 from feds_lab.evaluation.rd_analysis import analyse_run

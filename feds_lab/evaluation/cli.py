@@ -103,15 +103,23 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--name", help="curve name in the results (default: family-role-preset[-run])")
     p.add_argument("--description", default="", help="free text stored in the results")
     p.add_argument("--quiet", action="store_true", help="no per-image table, no progress bars")
+    p.add_argument("--cache", metavar="DIR|off", default=None,
+                   help="evaluation cache: reuse the results of a checkpoint already evaluated on the same images "
+                   "with the same settings and code (default: $FEDS_LAB_EVAL_CACHE, else off; notebook 04 uses "
+                   "runs/.eval-cache)")
     p.set_defaults(func=_cmd_eval)
 
 
 @_user_errors("eval")
 def _cmd_eval(args) -> None:
+    from .cache import resolve_cache
     from .evaluate import evaluate_checkpoints, save_results
 
     images = _images(args.data)
-    curves = evaluate_checkpoints(args.checkpoints, images, progress=not args.quiet)
+    cache = resolve_cache(getattr(args, "cache", None))
+    curves = evaluate_checkpoints(args.checkpoints, images, progress=not args.quiet, cache=cache)
+    if cache.enabled:
+        print(cache.summary(), file=sys.stderr)
     for curve in curves:
         if args.name:
             curve["name"] = args.name if len(curves) == 1 else f"{args.name}-{curve['name']}"

@@ -298,6 +298,7 @@ def evaluate_checkpoints(
     curve_name: Callable[[dict[str, Any]], str] = _curve_name,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    cache: Any = None,
 ) -> list[dict[str, Any]]:
     """Evaluate checkpoints and group them into RD curves, one results dict per curve.
 
@@ -305,7 +306,13 @@ def evaluate_checkpoints(
     run if it is not the role, e.g. ``-scratch``, and the metric if not MSE) form one curve, one point per lambda, sorted by bpp; two checkpoints of one curve with the same lambda
     are an error. ``settings`` holds each point's lambda and checkpoint path; ``meta`` the thread
     count and each checkpoint's record (budget included).
+
+    ``cache``: the evaluation cache (:mod:`.cache`: a folder, ``"off"``, or an ``EvalCache``); None:
+    ``FEDS_LAB_EVAL_CACHE`` if set, else off. ``meta["evaluation_cache"]`` says which points came from it.
     """
+    from .cache import resolve_cache
+
+    cache = resolve_cache(cache)
     groups: dict[str, list[tuple[Path, dict[str, Any]]]] = {}
     for path in map(Path, paths):
         if not path.exists():
@@ -320,13 +327,15 @@ def evaluate_checkpoints(
         if dupes:
             clash = [str(p) for p, rec in members if rec.get("lmbda") in dupes]
             raise ResultsError(f"curve {name!r} has two checkpoints with lambda {sorted(dupes)}: {clash}")
-        points, records = [], []
-        for path, record in tqdm(members, desc=f"curve {name}", disable=not progress):
-            model = checkpoint.load_model(path, device=device)
-            point = evaluate_model(model, images, name=name, progress=progress)
-            points.append({"rows": point["rows"], "setting": {"lmbda": record.get("lmbda"), "checkpoint": str(path)}})
+        points, records, evaluated = [], [], []
+        coded = cache.points([p for p, _ in members], images, device=device, name=name, progress=progress)
+        for (path, record), point in tqdm(zip(members, coded), total=len(members), desc=f"curve {name}",
+                                          disable=not progress):
+            points.append({"rows": point.rows, "setting": {"lmbda": record.get("lmbda"), "checkpoint": str(path)}})
             records.append({"checkpoint": str(path), "budget": record.get("budget"), "record": record})
+            evaluated.append(point)
         meta = {"threads": torch.get_num_threads(), "images": [n for n, _ in images],
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoints": records}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "checkpoints": records,
+                "evaluation_cache": cache.meta(evaluated)}
         curves.append(make_results(name, points, description=f"{len(points)} checkpoints of {name}", meta=meta))
     return curves

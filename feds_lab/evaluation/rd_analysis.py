@@ -10,6 +10,7 @@ on several seeds is compared seed by seed and pooled in :mod:`.seeds`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,9 +30,9 @@ from .bdrate import (
     quality_at_rate,
     quality_overlap,
 )
+from .cache import DIRNAME, EvalCache, resolve_cache
 from .evaluate import (
     _quality_transform,
-    evaluate_model,
     load_results,
     make_results,
     paired_per_image,
@@ -132,18 +133,23 @@ def matched_rate_gap(anchor, test, metric: str = "psnr", bootstrap: int = 0, con
     return row
 
 
-def evaluate_curve(name: str, checkpoints: dict[float, Path], images, description: str = "") -> dict[str, Any]:
-    """One RD curve: each checkpoint (one per lambda) coded on every image."""
-    from ..checkpoint import load_model
+def evaluate_curve(name: str, checkpoints: dict[float, Path], images, description: str = "",
+                   cache: EvalCache | str | Path | None = None) -> dict[str, Any]:
+    """One RD curve: each checkpoint (one per lambda) coded on every image.
 
-    points, records = [], {}
-    for lmbda, path in sorted(checkpoints.items()):
-        model = load_model(path)
-        ev = evaluate_model(model, images, name=name)
-        points.append({"rows": ev["rows"], "setting": {"lmbda": lmbda, "checkpoint": str(path)}})
-        records[f"{lmbda:g}"] = getattr(model, "checkpoint_record", {})
-        params = sum(p.numel() for p in model.parameters())
-    meta = {"threads": torch.get_num_threads(), "params": params, "records": records}
+    ``cache``: the evaluation cache (:mod:`.cache`: an ``EvalCache``, a folder or ``"off"``); None:
+    ``FEDS_LAB_EVAL_CACHE`` if set, else off. ``meta["evaluation_cache"]`` says which points came from
+    it and when their rows (encode/decode times included) were measured."""
+    cache = resolve_cache(cache)
+    items = sorted(checkpoints.items())
+    points, records, evaluated = [], {}, []
+    for (lmbda, path), point in zip(items, cache.points([p for _, p in items], images, name=name)):
+        points.append({"rows": point.rows, "setting": {"lmbda": lmbda, "checkpoint": str(path)}})
+        records[f"{lmbda:g}"] = point.record
+        evaluated.append(point)
+    params = evaluated[-1].params if evaluated else np.nan
+    meta = {"threads": torch.get_num_threads(), "params": params, "records": records,
+            "evaluation_cache": cache.meta(evaluated)}
     return make_results(name, points, description, meta)
 
 
@@ -159,6 +165,8 @@ class RDAnalysis:
     #: {variant: {seed: role}} (PipelineConfig.seed_groups()): a variant's other seeds are compared in the
     #: seed table (evaluation.seeds), not here
     seed_groups: dict = field(default_factory=dict)
+    #: how many checkpoint evaluations came from the evaluation cache (:mod:`.cache`), how many were computed
+    evaluation_cache: dict = field(default_factory=dict)
     _bd: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
@@ -249,8 +257,14 @@ class RDAnalysis:
 
 
 def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, float], Path], images: Sequence,
-                bootstrap: int = 1000) -> RDAnalysis:
-    """Evaluate a pipeline run's checkpoints and the anchors on ``images``; write results files."""
+                bootstrap: int = 1000, cache: EvalCache | str | Path | None = None) -> RDAnalysis:
+    """Evaluate a pipeline run's checkpoints and the anchors on ``images``; write results files.
+
+    Checkpoint evaluations go through the evaluation cache (:mod:`.cache`): ``cache`` when given (a
+    folder, ``"off"`` or an ``EvalCache``), else ``FEDS_LAB_EVAL_CACHE``, else ``cfg.eval_cache`` (default
+    ``<runs_dir>/.eval-cache``). How many points came from it is printed (stderr: the pipeline's log too)
+    and kept in ``RDAnalysis.evaluation_cache``."""
+    cache = resolve_cache(cache, default=_config_cache(cfg))
     layout = cfg.layout
     layout.results.mkdir(parents=True, exist_ok=True)
     budget = {role: cfg.budget_label(role) for role in ("teacher", "student")}
@@ -264,13 +278,15 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
                       "encode (ms)": 1e3 * float(np.mean(r["encoding_time"])),
                       "decode (ms)": 1e3 * float(np.mean(r["decoding_time"]))})
 
-    add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget['teacher']}"), layout.teacher_results)
+    add("teacher", evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {budget['teacher']}", cache),
+        layout.teacher_results)
     for variant in dict.fromkeys(v for v, _ in students):
         ckpts = {l: p for (v, l), p in students.items() if v == variant}
         family = cfg.train_config("student", cfg.lambdas[0], variant=variant).family  # a variant may set its own
         label = f"student {variant} ({family})"
-        add(variant, evaluate_curve(label, ckpts, images, f"student variant {variant!r}, {budget['student']}"),
+        add(variant, evaluate_curve(label, ckpts, images, f"student variant {variant!r}, {budget['student']}", cache),
             layout.student_results(variant))
+    print(cache.summary(), file=sys.stderr)
     if cfg.anchors:
         for key, res in run_anchors(images, codecs=cfg.anchors, out_dir=layout.anchors, progress=False).items():
             files.append(layout.anchor_results(res["name"]))
@@ -292,4 +308,12 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
         ps["threads"] = torch.get_num_threads()
     return RDAnalysis(files=files, names=names, summary=pd.DataFrame(rows), params_speed=ps, bootstrap=bootstrap,
                       reference=cfg.reference, extra=[tuple(p) for p in cfg.comparisons],
-                      seed_groups=cfg.seed_groups())
+                      seed_groups=cfg.seed_groups(),
+                      evaluation_cache={"folder": str(cache.folder) if cache.enabled else None,
+                                        "from_cache": cache.hits, "computed": cache.computed})
+
+
+def _config_cache(cfg) -> str | Path:
+    """The evaluation cache a pipeline config asks for: its ``eval_cache``, or ``<runs_dir>/.eval-cache``."""
+    value = getattr(cfg, "eval_cache", None)
+    return Path(cfg.runs_dir) / DIRNAME if value is None else value

@@ -1,10 +1,66 @@
-"""Swin-V2 window attention from timm, wrapped for NCHW feature maps of any size."""
+"""Swin-V2 window attention from timm, wrapped for NCHW feature maps of any size.
+
+The attention itself can run through timm's own matmul-softmax-matmul (``ATTENTION_KERNEL = "timm"``,
+the default: measured as fast on CPU at these window sizes) or ``F.scaled_dot_product_attention``
+(``"sdpa"``, for GPUs, where the fused kernel pays). Both compute Swin-V2's
+scaled cosine attention with the same weights: ``softmax(logit_scale * cos(q, k) + 16 sigmoid(cpb) +
+shift mask) v``; the fused form writes ``logit_scale`` into ``q`` and hands bias and mask to the
+kernel as one additive mask. Checkpoints do not depend on the choice; results agree to float
+rounding (``tests/test_transformer_family.py``).
+"""
 
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn as nn
-from timm.models.swin_transformer_v2 import SwinTransformerV2Block
+import torch.nn.functional as F
+from timm.models.swin_transformer_v2 import SwinTransformerV2Block, WindowAttention
+
+ATTENTION_KERNELS = ("sdpa", "timm")
+ATTENTION_KERNEL = "timm"  # measured: sdpa no faster on CPU for windows of 16-64 tokens (benchmarks/train_throughput.py)
+
+
+@contextmanager
+def attention_kernel(kind: str) -> Iterator[None]:
+    """Run the block with another attention kernel (benchmarks and tests compare them)."""
+    global ATTENTION_KERNEL
+    if kind not in ATTENTION_KERNELS:
+        raise ValueError(f"unknown attention kernel {kind!r}; known: {list(ATTENTION_KERNELS)}")
+    old, ATTENTION_KERNEL = ATTENTION_KERNEL, kind
+    try:
+        yield
+    finally:
+        ATTENTION_KERNEL = old
+
+
+class SwinV2WindowAttention(WindowAttention):
+    """timm's Swin-V2 window attention (same parameters and buffers) with a fused kernel."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if ATTENTION_KERNEL == "timm":
+            return super().forward(x, mask)
+        B_, N, C = x.shape
+        if self.q_bias is None:
+            qkv = self.qkv(x)
+        else:
+            qkv = F.linear(x, weight=self.qkv.weight, bias=torch.cat((self.q_bias, self.k_bias, self.v_bias)))
+        q, k, v = qkv.reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        logit_scale = torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
+        q = F.normalize(q, dim=-1) * logit_scale
+        k = F.normalize(k, dim=-1)
+        table = self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads)
+        bias = table[self.relative_position_index.view(-1)].view(N, N, -1).permute(2, 0, 1)
+        bias = 16 * torch.sigmoid(bias)  # (heads, N, N)
+        if mask is not None:  # (windows, N, N): one additive mask per window of every image
+            nw = mask.shape[0]
+            bias = (bias.unsqueeze(0) + mask.unsqueeze(1)).unsqueeze(0).expand(B_ // nw, -1, -1, -1, -1)
+            bias = bias.reshape(B_, self.num_heads, N, N)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B_, N, C)))
 
 
 class SwinV2Stage(nn.Module):
@@ -34,6 +90,8 @@ class SwinV2Stage(nn.Module):
                 for i in range(depth)
             ]
         )
+        for block in self.blocks:  # the same module and state, with the fused forward
+            block.attn.__class__ = SwinV2WindowAttention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # timm's V2 block works on channels-last maps and adds its own residual
