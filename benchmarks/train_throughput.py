@@ -13,8 +13,20 @@ Printed ratios: ours / plain (target >= 0.95) and distill / student (the price o
 as the median of per-repetition ratios (the two loops of a pair run back to back, so a busy machine
 slows both) beside the ratio of the medians.
 
-    .venv/bin/python benchmarks/train_throughput.py                  # tiny, about 1-2 minutes on 2 cores
+The floor of a distillation step, measured in the same run: one teacher forward pass without
+gradient (``teacher forward``, with the features the losses read) plus one scratch student step.
+``ours distill`` is timed by its mean step time (the steps that measure each term's gradient for the
+balance are part of its cost; a median would hide them); ``distill total clip`` is the same student
+with ``clip_mode=total`` (one backward pass instead of L_RD's and the distillation's apart).
+
+``--options`` also times the teacher's step with each speed option, each in its own process (an
+option that crashes the process is reported as such): ``attention=sdpa``, ``bf16`` autocast,
+``channels_last``, ``torch.compile``. ``--profile`` prints where one teacher step and one
+distillation step spend their time, by operator (torch.profiler) and by module (forward).
+
+    .venv/bin/python benchmarks/train_throughput.py                  # tiny, about 2-3 minutes on 2 cores
     .venv/bin/python benchmarks/train_throughput.py --preset small --steps 10 --reps 3
+    .venv/bin/python benchmarks/train_throughput.py --options --profile --reps 3
 """
 
 from __future__ import annotations
@@ -80,6 +92,23 @@ def plain_compressai_loop(preset: str, lmbda: float, batch: int, crop: int, lr: 
     return times[warmup:]
 
 
+def teacher_forward_loop(ckpt: Path, preset: str, batch: int, crop: int, warmup: int, steps: int,
+                         seed: int = 0) -> list[float]:
+    """Seconds of each teacher forward pass as a distillation step makes it (eval, no gradient, features)."""
+    from feds_lab.training.trainer import load_teacher
+
+    teacher = load_teacher(ckpt, torch.device("cpu"))
+    dataset = load_dataset(None, "train", crop, seed=seed)
+    times = []
+    for i in range(warmup + steps):
+        x = dataset.sample_batch(i, batch, seed)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            teacher(x, return_features=True)
+        times.append(time.perf_counter() - t0)
+    return times[warmup:]
+
+
 def our_loop(cfg: TrainConfig, warmup: int, steps: int) -> list[float]:
     """Seconds of each timed step of :func:`train`, from the ``seconds`` of its per-step metrics records."""
     train(cfg)
@@ -98,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared machine, 2 threads per process vary wildly)")
     p.add_argument("--lmbda", type=float, default=0.0067)
+    p.add_argument("--options", action="store_true", help="time the teacher step with each speed option")
+    p.add_argument("--profile", action="store_true", help="where a teacher step and a distillation step spend time")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -120,7 +151,11 @@ def main(argv: list[str] | None = None) -> None:
                                                      **common), args.warmup, args.steps),
         "ours student": lambda: our_loop(TrainConfig(**stage2, baseline="scratch", out=str(tmp / "s"), **common),
                                          args.warmup, args.steps),
+        "teacher forward": lambda: teacher_forward_loop(teacher_ckpt, args.preset, batch, crop, args.warmup, args.steps),
+        "distill total clip": lambda: our_loop(TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "dt"),
+                                                           clip_mode="total", **common), args.warmup, args.steps),
     }
+    mean_timed = {"ours distill", "distill total clip"}  # measuring steps are part of their cost
     print(f"preset {args.preset}, batch {batch}, crop {crop}, {args.steps} timed steps (+{args.warmup} warm-up) "
           f"x {args.reps} interleaved repetitions, {args.threads} thread(s), cpu", file=sys.stderr)
     # steps/s of a repetition = 1 / its median step time: robust to bursts of load from other processes
@@ -128,8 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for rep in range(args.reps):
             for name, loop in loops.items():
-                rates[name].append(1.0 / statistics.median(loop()))
+                times = loop()
+                rates[name].append(1.0 / (statistics.mean(times) if name in mean_timed else statistics.median(times)))
             print(f"rep {rep + 1}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in rates.items()), file=sys.stderr)
+        if args.profile:
+            profile_steps(args, batch, crop, teacher_ckpt)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -150,9 +188,142 @@ def main(argv: list[str] | None = None) -> None:
     print(f"stage-2 distillation step / plain student step: {distill_price:.3f} median of paired ratios, "
           f"{distill_price_medians:.3f} ratio of medians  (a distillation step costs {1 / distill_price:.2f}x a "
           "plain student step, teacher forward included)")
-    print(json.dumps({"preset": args.preset, "batch": batch, "crop": crop, "threads": args.threads,
-                      "steps_per_second": med, "ours_over_plain": ours_vs_plain,
-                      "distill_over_student": distill_price}))
+    # the floor: a teacher forward pass plus a scratch student step, per repetition
+    floor = [1.0 / (1.0 / f + 1.0 / s) for f, s in zip(rates["teacher forward"], rates["ours student"])]
+    over_floor = statistics.median(f / d for f, d in zip(floor, rates["ours distill"]))
+    over_floor_total = statistics.median(f / d for f, d in zip(floor, rates["distill total clip"]))
+    floor_price = statistics.median(s / f for s, f in zip(rates["ours student"], floor))
+    total_price = statistics.median(s / d for s, d in zip(rates["ours student"], rates["distill total clip"]))
+    print(f"floor (teacher forward + scratch step): {statistics.median(floor):.3f} steps/s, {floor_price:.2f}x a scratch "
+          f"step; the distillation step costs {over_floor:.2f}x its floor (target <= 1.10: "
+          f"{'met' if over_floor <= 1.10 else 'NOT met'}) and {1 / distill_price:.2f}x a scratch step (target <= 2.5: "
+          f"{'met' if 1 / distill_price <= 2.5 else 'NOT met'}); with clip_mode=total {over_floor_total:.2f}x its floor, "
+          f"{total_price:.2f}x a scratch step")
+    report = {"preset": args.preset, "batch": batch, "crop": crop, "threads": args.threads,
+              "steps_per_second": med, "ours_over_plain": ours_vs_plain, "distill_over_student": distill_price,
+              "distill_over_floor": over_floor, "floor_over_student": 1 / floor_price,
+              "total_clip_over_floor": over_floor_total}
+    if args.options:
+        report["teacher_options"] = teacher_options(args, batch, crop)
+    print(json.dumps(report))
+
+
+# --- speed options of the teacher step, each in its own process ------------------------------------
+_OPTION_CODE = r"""
+import statistics, sys, time, torch
+from feds_lab import build_model
+from feds_lab.data import load_dataset
+from feds_lab.losses import RateDistortionLoss
+from feds_lab.models.attention import attention_kernel
+option, preset, batch, crop, steps, family = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+torch.set_num_threads(1)
+torch.manual_seed(0)
+net = build_model("teacher", preset=preset, family=family)
+net.train()
+data = load_dataset(None, "train", crop, seed=0)
+fmt = torch.channels_last if option == "channels_last" else torch.contiguous_format
+if option == "channels_last":
+    net = net.to(memory_format=fmt)
+forward = torch.compile(net) if option == "compile" else net
+crit = RateDistortionLoss(0.0067)
+opt = torch.optim.Adam(net.parameters(), 1e-4)
+times = []
+with attention_kernel("sdpa" if option == "sdpa" else "timm"):
+    for i in range(3 + steps):
+        x = data.sample_batch(i, batch, 0).contiguous(memory_format=fmt)
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=option == "bf16"):
+            out = forward(x)
+        crit(out, x)["loss"].backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+print(statistics.median(times[3:]))
+"""
+
+
+def teacher_options(args, batch: int, crop: int) -> dict:
+    import subprocess
+
+    out: dict = {}
+    for family in ("cnn", "transformer"):
+        res: dict = {}
+        for rep in range(max(1, min(args.reps, 3))):
+            for option in ("default", "sdpa", "bf16", "channels_last", "compile"):
+                if isinstance(res.get(option), str):
+                    continue  # crashed once: not again
+                p = subprocess.run([sys.executable, "-c", _OPTION_CODE, option, args.preset, str(batch), str(crop),
+                                    str(min(args.steps, 10)), family], capture_output=True, text=True, timeout=900)
+                if p.returncode != 0:
+                    res[option] = f"crashed (exit {p.returncode}: {(p.stderr.strip().splitlines() or ['?'])[-1][:120]})"
+                else:
+                    res.setdefault(option, []).append(float(p.stdout.strip().splitlines()[-1]))
+        base = statistics.median(res["default"])
+        print(f"teacher step options ({family}, {args.preset}, 1 thread, each in its own process):")
+        for option, v in res.items():
+            if isinstance(v, str):
+                print(f"  {option:<14} {v}")
+            else:
+                print(f"  {option:<14} {statistics.median(v):.4f} s/step, {base / statistics.median(v):.2f}x the default")
+        out[family] = {k: (v if isinstance(v, str) else statistics.median(v)) for k, v in res.items()}
+    return out
+
+
+def profile_steps(args, batch: int, crop: int, teacher_ckpt: Path) -> None:
+    """Operator table (torch.profiler, self CPU time) and forward time per module, for a teacher step and a
+    stage-2 distillation step."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from feds_lab.training.stages import Stage, TrainingObjective
+    from feds_lab.training.trainer import load_teacher
+
+    data = load_dataset(None, "train", crop, seed=0)
+    x = data.sample_batch(0, batch, 0)
+    torch.manual_seed(0)
+    teacher_train = build_model("teacher", preset=args.preset)
+    teacher_train.train()
+    crit = RateDistortionLoss(args.lmbda)
+    frozen = load_teacher(teacher_ckpt, torch.device("cpu"))
+    cfg = TrainConfig(role="student", preset=args.preset, teacher=str(teacher_ckpt), lmbda=args.lmbda).resolved()
+    objective = TrainingObjective.for_config(cfg, build_model("student", preset=args.preset), frozen)
+
+    def teacher_step():
+        teacher_train.zero_grad()
+        crit(teacher_train(x), x)["loss"].backward()
+
+    def distill_step():
+        objective.zero_grad()
+        with torch.no_grad():
+            t_out = frozen(x, return_features=True)
+        objective(x, Stage.CHANNEL_DISTILLATION, t_out)["loss"].backward()
+
+    for name, fn, model in (("teacher step", teacher_step, teacher_train), ("distillation step", distill_step, None)):
+        for _ in range(2):
+            fn()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        print(f"\n{name}: operators by self CPU time")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        modules = ({"teacher forward (no grad)": frozen, "student": objective.model} if model is None
+                   else {"teacher": model})
+        for label, m in modules.items():
+            spent: dict[str, float] = defaultdict(float)
+            hooks = []
+            for path, sub in m.named_modules():
+                if path.count(".") == 2 and path.startswith(("g_a.stages", "g_s.stages")) or path == "latent_codec":
+                    start = {}
+                    hooks.append(sub.register_forward_pre_hook(lambda _m, _a, s=start: s.__setitem__("t", time.perf_counter())))
+                    hooks.append(sub.register_forward_hook(
+                        lambda _m, _a, _o, s=start, k=f"{path} ({type(sub).__name__})": spent.__setitem__(k, spent[k] + time.perf_counter() - s["t"])))
+            fn()
+            for h in hooks:
+                h.remove()
+            total = sum(spent.values()) or 1.0
+            print(f"{name}, {label}: forward time by module")
+            for k, v in sorted(spent.items(), key=lambda kv: -kv[1])[:10]:
+                print(f"  {k:<60} {1000 * v:7.1f} ms  {100 * v / total:4.0f} %")
 
 
 if __name__ == "__main__":

@@ -49,17 +49,46 @@ def fingerprint(model: torch.nn.Module) -> str:
     return fp
 
 
-def save_model(model: torch.nn.Module, path: str | os.PathLike, record: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (after ``update()``, so that it can code) and its record, atomically."""
+#: How a checkpoint stores its floating-point weights: as the model holds them, or as float16 (half the
+#: size, for weights that ship with the package; read back as float32).
+STORAGES = ("float32", "float16")
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike, record: dict[str, Any] | None = None,
+               storage: str = "float32") -> Path:
+    """Write ``model`` (after ``update()``, so that it can code) and its record, atomically.
+
+    ``storage="float16"`` rounds every float32 parameter (not the buffers) to float16 in the file (the record says so, and
+    the loaders read them back as float32); the fingerprint recorded is the one the loaded model has."""
+    if storage not in STORAGES:
+        raise ValueError(f"unknown storage {storage!r}; known: {list(STORAGES)}")
     path = Path(path)
     model.update(force=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    fp = fingerprint(model)
+    if storage == "float16":
+        import copy
+
+        params = {k for k, _ in model.named_parameters()}  # buffers (bounds, pedestals, masks) stay exact
+        state = {k: v.half() if v.dtype == torch.float32 and k in params else v for k, v in state.items()}
+        # the coder's tables are rebuilt from the weights at load: stored empty
+        state = {k: v.reshape(-1)[:0].reshape(0, *v.shape[1:]) if _is_table(k) and v.dim() else v
+                 for k, v in state.items()}
+        twin = copy.deepcopy(model)  # what a loader will hold: the float16 weights as float32
+        with torch.no_grad():
+            own = dict(twin.named_parameters())
+            for k, v in state.items():
+                if v.dtype == torch.float16:
+                    own[k].copy_(v.float())
+        twin.update(force=True)
+        fp = fingerprint(twin)
     full = {
         "format": FORMAT,
         "package_version": __version__,
         "model": getattr(model, "config", {}),
-        "fingerprint": fingerprint(model),
+        "fingerprint": fp,
         **(record or {}),
+        "storage": storage,
     }
     meta = {RECORD_KEY: json.dumps(full, default=str)}
     # the umask's mode (not mkstemp's 0600): a checkpoint is meant to be shared
@@ -158,8 +187,23 @@ def _model_spec(path: Path, record: dict[str, Any]) -> tuple[str, str, str, dict
     return m["role"], m["preset"], m["family"], dict(overrides)
 
 
-def _file_layout(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{name: (shape, dtype)} of every tensor in the file, from its header (no weight is read)."""
+def _storage(path: Path, record: dict[str, Any]) -> str:
+    storage = record.get("storage", "float32")
+    if storage not in STORAGES:
+        raise CheckpointError(f"{path}: unknown weight storage {storage!r} in the record (known: {list(STORAGES)})")
+    return storage
+
+
+def _file_layout(path: Path, storage: str = "float32") -> dict[str, tuple[tuple[int, ...], str]]:
+    """{name: (shape, dtype)} of every tensor in the file, from its header (no weight is read); float16
+    weights count as the float32 they are read as where the record says ``storage: float16``."""
+    layout = _raw_layout(path)
+    if storage == "float16":
+        layout = {k: (shape, "F32" if dtype == "F16" else dtype) for k, (shape, dtype) in layout.items()}
+    return layout
+
+
+def _raw_layout(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
@@ -176,12 +220,15 @@ def _file_layout(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
         raise CheckpointError(f"cannot read the weights in {path} ({one_line(e)})") from None
 
 
-def _read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def _read_tensors(path: Path, device: str | torch.device = "cpu", storage: str = "float32") -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # SafetensorError, OSError, ValueError, MemoryError
         raise CheckpointError(f"cannot read the weights in {path} ({one_line(e)})") from None
+    if storage == "float16":
+        state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
+    return state
 
 
 # CompressAI resizes these entropy-coder tables on load: their sizes depend on training, not on the model.
@@ -314,8 +361,9 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, A
     m = record.get("model", {})
     source = (f"checkpoint {path.name} ({m.get('family')}/{m.get('role')}/{m.get('preset')}, "
               f"N={m.get('N', m.get('dims'))}, M={m.get('M')})")
-    check_compatible(model, _file_layout(path), source=source)
-    state = _read_tensors(path)
+    storage = _storage(path, record)
+    check_compatible(model, _file_layout(path, storage), source=source)
+    state = _read_tensors(path, storage=storage)
     check_compatible(model, state, source=source)  # the same, from the tensors themselves
     check_weights(model, state, source=source)
     own = model.state_dict()
@@ -357,6 +405,29 @@ class _MetaBuild(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+#: record settings that are sizes or counts: whole numbers (or lists of them), never text
+_SIZE_SETTINGS = ("N", "M", "dims", "depths", "heads", "hyper_channels", "res_blocks", "window", "attn_depth",
+                  "attn_heads")
+
+
+def _build_failure(overrides: dict[str, Any], error: Exception) -> str:
+    """Why a record's model could not be built, in the user's words: the size settings that are not
+    whole numbers (Python's own text, e.g. "not all arguments converted during string formatting",
+    says nothing to a user); otherwise the builder's own message."""
+    def whole(v, lists: bool):
+        if isinstance(v, (list, tuple)):  # one number per stage: the transformer family's dims, depths, heads
+            return lists and all(whole(x, False) for x in v)
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    bad = [f"{k}={v!r}" for k, v in overrides.items()
+           if k in _SIZE_SETTINGS and not whole(v, k in ("dims", "depths", "heads"))]
+    if len(bad) == 1:
+        return f"the model setting {bad[0]} is not a whole number"
+    if bad:
+        return f"the model settings {', '.join(bad)} are not whole numbers"
+    return one_line(error)
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Rebuild the model a checkpoint describes, load its weights, and make it ready to code.
 
@@ -373,13 +444,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         with _MetaBuild():
             skeleton = build_model(role, preset=preset, family=family, **overrides)
     except Exception as e:
-        raise CheckpointError(f"{path}: the record describes no model this package builds ({one_line(e)})") from None
-    check_compatible(skeleton, _file_layout(path), source=f"checkpoint {path.name}")
+        raise CheckpointError(f"{path}: the record describes no model this package builds "
+                              f"({_build_failure(overrides, e)})") from None
+    check_compatible(skeleton, _file_layout(path, _storage(path, record)), source=f"checkpoint {path.name}")
     del skeleton
     try:
         model = build_model(role, preset=preset, family=family, **overrides)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot build the model it describes ({one_line(e)})") from None
+        raise CheckpointError(f"{path}: cannot build the model it describes ({_build_failure(overrides, e)})") from None
     load_weights(model, path)
     model.checkpoint_record = record
     return model.to(device).eval()

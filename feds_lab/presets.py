@@ -1,11 +1,11 @@
 """The one place where every preset lives: model sizes and training budgets.
 
-Sizes follow ``shared/METHOD.md``. Where the paper is silent (block depths, heads, windows,
+Sizes follow the method (``docs/method.md``). Where the paper is silent (block depths, heads, windows,
 the ``small``/``tiny`` sizes, budgets) the numbers are ours, chosen for the hardware each
 preset targets; every value can be overridden by ``build_model(..., **overrides)`` or a
 training config.
 
-- ``paper``: the sizes METHOD.md gives (teacher N=192, M=320; student N=128, M=192), for GPUs.
+- ``paper``: the sizes the method gives (teacher N=192, M=320; student N=128, M=192), for GPUs.
 - ``small``: a CPU study in well under an hour per model.
 - ``tiny``: the built-in demo and the tests (seconds per hundred steps on two CPU cores).
 """
@@ -22,7 +22,7 @@ ROLES = ("teacher", "student")
 LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 # --- model sizes -----------------------------------------------------------------------------
-# CNN family (METHOD.md "Models"): Cheng2020-style residual transforms; the teacher adds Swin-V2
+# CNN family (docs/method.md "Models"): Cheng2020-style residual transforms; the teacher adds Swin-V2
 # window-attention after the x/4, x/8, x/16 stages of g_a and before the matching stages of g_s.
 # ``attn_depth`` blocks per tap alternate plain and shifted windows.
 _CNN = {
@@ -40,7 +40,7 @@ _CNN = {
     },
 }
 
-# Transformer family (issue 9, in the manner of STF/TCM; feds_lab/models/transformer.py): every
+# Transformer family (in the manner of STF/TCM; feds_lab/models/transformer.py): every
 # stage of g_a and g_s is a stack of Swin-V2 blocks; patch merging goes down, patch splitting
 # (pixel shuffle) goes up. ``dims`` are the widths at x/2, x/4, x/8; ``M`` the latent width at x/16;
 # ``depths`` and ``heads`` are per g_a stage (x/2 .. x/16), mirrored in g_s. A depth is 0 or at least
@@ -70,7 +70,7 @@ _TRANSFORMER = {
 }
 
 # CompressAI's Ballé/Minnen models, wrapped (feds_lab/models/wrappers.py). ``paper`` are CompressAI's
-# own sizes (N=192, M=320 is its quality 5-8, N=128, M=192 its quality 1-4, as METHOD.md's teacher and
+# own sizes (N=192, M=320 is its quality 5-8, N=128, M=192 its quality 1-4, as the method's teacher and
 # student); ``small`` and ``tiny`` match the CNN family's widths at those presets.
 GOOGLE_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"teacher": dict(N=192, M=320), "student": dict(N=128, M=192)},
@@ -88,7 +88,7 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
 }
 
 # --- training budgets --------------------------------------------------------------------------
-# Chosen from the CPU measurements at the end of METHOD.md: crops under 128 px starve the
+# Chosen from the CPU measurements in docs/method.md: crops under 128 px starve the
 # hyperprior, and a one-cycle schedule with a 2e-3 peak trains far faster than a constant 5e-4.
 # ``tiny`` trades that away for speed: it shows the machinery, not the method's merit.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -96,7 +96,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                   val_every=5_000, ckpt_every=2_000, lambdas=LAMBDAS[:4]),
     "small": dict(steps=6_000, batch_size=8, crop=128, lr=2e-3, schedule="onecycle",
                   val_every=1_000, ckpt_every=500, lambdas=LAMBDAS[:4]),
-    # tiny: 128 px crops (64 px starve the hyperprior, METHOD.md) and a wide lambda ladder, because
+    # tiny: 128 px crops (64 px starve the hyperprior, docs/method.md) and a wide lambda ladder, because
     # at a few hundred steps neighbouring lambdas are not yet told apart (measured: 300 steps at
     # 128 px, 0.0035 and 0.025 gave the same rate and PSNR). The ladder is every second quality
     # (about 3.7x apart): with 0.025 and 0.0483 as its top two, the demo's curves were not monotonic on

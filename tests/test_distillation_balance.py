@@ -1,4 +1,4 @@
-"""Issue 13's pieces, each against a hand example: scale-free losses, output distillation as a share
+"""The distillation balance's pieces, each against a hand example: scale-free losses, output distillation as a share
 of the distortion term, ramps, gradient balancing, separate clipping, teacher initialisation, and the
 per-term gradient norms in metrics.jsonl."""
 
@@ -130,3 +130,45 @@ def test_gradient_norms_and_weights_are_logged_per_stage(tmp_path: Path, tiny_ch
     assert "w_feat" not in train_rows[8] and train_rows[8]["kd_loss"] == 0 and train_rows[1]["w_feat"] > 0
     # output distillation is a share of the distortion term: lambda * 255^2 * MSE
     assert train_rows[1]["out_loss"] > 10 * train_rows[1]["mse_loss"]
+
+
+def test_a_measured_step_builds_its_separately_clipped_gradient_from_the_measured_ones():
+    """On a step that measures each term's gradient, the separately clipped gradient comes from those
+    gradients (no third and fourth backward) and equals the one two more backward passes give."""
+    from feds_lab.training.stages import Stage, TrainingObjective
+    from feds_lab.training.trainer import _clip_and_set, _rd_and_kd_gradients, term_gradients
+
+    class _One:
+        def mean(self, values):
+            return values
+
+    torch.manual_seed(0)
+    teacher = build_model("teacher", "tiny").eval()
+    student = build_model("student", "tiny")
+    cfg = TrainConfig(role="student", teacher="t.safetensors", gamma=0.05).resolved()
+    objective = TrainingObjective.for_config(cfg, student, teacher)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        t_out = teacher(x, return_features=True)
+    coefficients = {"feat": 0.3, "ent": 0.2, "out": 0.05}
+    params = [p for p in objective.parameters() if p.requires_grad]
+    grads = {}
+    for mode in ("two backward passes", "measured"):
+        torch.manual_seed(1)  # the same quantisation noise
+        terms = objective(x, Stage.CHANNEL_DISTILLATION, t_out, coefficients)
+        for p in params:
+            p.grad = None
+        if mode == "measured":
+            norms, per_term = term_gradients(terms, objective, Stage.CHANNEL_DISTILLATION, coefficients, _One(),
+                                             keep=params)
+            assert set(per_term) == {"rd", "feat", "ent", "out"} and norms["rd"] > 0
+            norm = _clip_and_set(params, *_rd_and_kd_gradients(per_term, coefficients, params), 1.0)
+        else:
+            norm = _separately_clipped_backward(terms["rd_loss"], terms["kd_loss"], params, 1.0)
+        grads[mode] = (float(norm), [None if p.grad is None else p.grad.clone() for p in params])
+    (n1, g1), (n2, g2) = grads.values()
+    assert n1 == pytest.approx(n2, rel=1e-5)
+    for a, b in zip(g1, g2):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)

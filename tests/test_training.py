@@ -365,3 +365,35 @@ def test_cli_runs_a_tiny_teacher(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(out / MODEL_FILE)
     assert main(["train", "student", "--out", str(tmp_path / "s")]) == 1  # no teacher: a one-line error
     assert "needs a teacher" in capsys.readouterr().err
+
+
+def test_a_state_holds_exactly_the_keys_its_schema_declares(tmp_path):
+    """TrainingState.capture and the schema load_state checks are one declaration (STATE_SCHEMA)."""
+    import torch
+
+    from feds_lab.training.state import STATE_SCHEMA
+
+    out = tmp_path / "run"
+    train(TrainConfig(role="teacher", steps=2, batch_size=1, crop=64, val_every=0, ckpt_every=1, progress=False,
+                      out=str(out)))
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert set(state) == set(STATE_SCHEMA)
+
+
+def test_config_field_groups_are_declared_with_the_fields():
+    import dataclasses
+
+    from feds_lab.training.config import (DISTILLATION_FIELDS, PATH_FIELDS, RUNTIME_FIELDS, STUDENT_FIELDS,
+                                          ConfigError, fields_in)
+
+    assert {"out", "threads", "grad_log_every", "val_every"} <= RUNTIME_FIELDS
+    assert {"alpha", "beta", "tau", "teacher", "clip_mode"} <= DISTILLATION_FIELDS
+    assert set(PATH_FIELDS) == {"data", "teacher", "warm_start"} and STUDENT_FIELDS == {"stage_split", "finetune_lr_factor"}
+    assert fields_in("preset") == {"steps", "batch_size", "crop", "lr", "schedule", "val_every", "ckpt_every"}
+    # every declared choice and bound is checked, once, by check()
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("choices") is not None:
+            with pytest.raises(ConfigError, match=f"{f.name} must be one of"):
+                TrainConfig(**{f.name: "no-such-value"}).resolved()
+    with pytest.raises(ConfigError, match="tau must be positive, got 0"):
+        TrainConfig(tau=0).resolved()

@@ -1,4 +1,4 @@
-"""Entropy-weighted channel distillation, and output distillation (FEDS stage 2; METHOD.md "Losses").
+"""Entropy-weighted channel distillation, and output distillation (FEDS stage 2; docs/method.md "Losses").
 
 A 1x1 adapter ``P`` lifts the student latent y_S (before quantisation) to the teacher's M_T
 channels, and each channel's squared error is weighted by how informative the teacher finds it::
@@ -8,10 +8,10 @@ channels, and each channel's squared error is weighted by how informative the te
     y_T (B,M_T,h,w) ───────────────────┘                        ▲
     p_T(y_hat_T) ─► channel_entropy ─► channel_weights ─────────┘
 
-``norm="channel"`` (ours; issue 13) standardises both latents per image and channel first and
+``norm="channel"`` (ours) standardises both latents per image and channel first and
 halves the error, so ``MSE_c`` becomes ``1 - Pearson`` of channel c: the loss then asks the
 student latent for the teacher's *structure*, not for its magnitudes. On raw latents (``none``,
-METHOD.md's form) the loss pulls the student toward the teacher's largest, most expensive
+the method's form) the loss pulls the student toward the teacher's largest, most expensive
 channels and buys bits (measured: the first build's FEDS students spent more bits at every lambda).
 
 Output distillation is here too: ``MSE(x_hat_S, x_hat_T)``; the objective can express its weight as
@@ -38,7 +38,7 @@ class EntropyWeightedChannelDistillation(nn.Module):
     with the teacher's j-th most informative channel (by entropy on the current batch) and
     ``L_ent = mean_j w_j * mean((y_S,j - y_T,idx_j)^2)``, ``w = channel_weights(H[idx], "softmax", tau)``.
     The topk weighting (softmax over the paired channels' entropies, mean 1 over the student's
-    channels) is our choice; METHOD.md only says that topk needs no adapter.
+    channels) is our choice; the method only says that topk needs no adapter.
 
     forward(y_s (B,M_S,h,w), y_t (B,M_T,h,w), teacher_y_likelihoods (B,M_T,h,w)) returns
     ``loss`` (scalar), ``entropy`` (M_T,) bits per element, ``weights`` ((M_T,), or (M_S,) for topk)

@@ -1,4 +1,4 @@
-"""Channel entropy and channel weights (FEDS stage 2; METHOD.md "Losses").
+"""Channel entropy and channel weights (FEDS stage 2; docs/method.md "Losses").
 
 The teacher's entropy model says how many bits each latent channel costs. Channels that cost more
 carry more of the information about the image, so the channel-level distillation weights them up::

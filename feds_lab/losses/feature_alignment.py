@@ -1,4 +1,4 @@
-"""Attention-aware feature alignment (FEDS stage 1; METHOD.md "Losses").
+"""Attention-aware feature alignment (FEDS stage 1; docs/method.md "Losses").
 
 For each tapped stage l a 1x1 convolution ``A_l`` lifts the student feature to the teacher's
 width, and the loss is an attention-weighted MSE::
@@ -9,7 +9,7 @@ The paper calls the alignment "attention-aware" without giving the formula; this
 (activation-based spatial attention in the manner of Zagoruyko & Komodakis 2017) and its
 normalisation are ours. ``L_feat`` is the mean of ``L_feat,l`` over the taps.
 
-Scale (``norm``, ours; issue 13): on raw activations the per-tap errors span about 100x and the
+Scale (``norm``, ours): on raw activations the per-tap errors span about 100x and the
 loss has no fixed ratio to ``L_RD``. ``norm="channel"`` standardises the teacher feature and the
 lifted student feature per image and channel over positions before the error (PKD, Cao et al.
 2022), so that ``L_feat,l = mean(a_T * (z(A_l f_S) - z(f_T))^2) / 2``; with ``plain`` weighting

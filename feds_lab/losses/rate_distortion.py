@@ -1,4 +1,4 @@
-"""Rate-distortion loss, in CompressAI's convention (METHOD.md "Losses").
+"""Rate-distortion loss, in CompressAI's convention (docs/method.md "Losses").
 
 ``L_RD = bpp + lambda * 255^2 * MSE`` for MSE-optimised models, ``bpp + lambda * (1 - MS-SSIM)``
 for the MS-SSIM variant. ``bpp`` here is the *estimate* from the entropy model's likelihoods

@@ -3,7 +3,7 @@
 Teacher (FEDS, Fu et al. 2025, arXiv 2503.06399): a learned codec "made stronger with
 Swin-Transformer-V2 attention modules, additional residual blocks and expanded latent channels".
 Student: the same skeleton, narrower, one residual block per stage, no attention. The transforms
-follow Cheng2020 [Cheng2020] with CompressAI's layers; the exact layout is ours (METHOD.md).
+follow Cheng2020 [Cheng2020] with CompressAI's layers; the exact layout is ours (docs/method.md).
 
 ::
 

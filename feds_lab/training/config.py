@@ -37,27 +37,22 @@ TRAIN_SPLITS = {"train": "val", "tune-train": "tune-val"}
 BASELINES = ("none", "scratch")
 DEVICES = ("auto", "cpu", "cuda")
 
-#: Fields that change how a run is executed or reported, not the weights it ends with: a run may be
-#: resumed with other values for these (e.g. on another device, or with a progress bar).
-RUNTIME_FIELDS = frozenset(
-    {"out", "device", "threads", "resume", "progress", "log_every", "val_every", "val_images", "ckpt_every",
-     "max_nonfinite", "grad_log_every"}
-)
 
-#: Fields that only a distilling (FEDS) student reads: a teacher's or the scratch baseline's identity
-#: leaves them out, so that changing a distillation default never orphans finished teacher runs.
-DISTILLATION_FIELDS = frozenset(
-    {"teacher", "alpha", "beta", "gamma", "weighting", "tau", "taps", "feature_weighting", "feature_norm",
-     "latent_norm", "output_scale", "ramp", "balance", "balance_every", "clip_mode", "init_from_teacher"}
-)
-#: Fields naming files or folders: compared as real paths (relative to the working folder)
-PATH_FIELDS = ("data", "teacher", "warm_start")
 
-#: Fields that only a student reads (its stages and fine-tuning rate); left out of a teacher's identity.
-STUDENT_FIELDS = frozenset({"stage_split", "finetune_lr_factor"})
+def setting(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, groups: tuple[str, ...] = (),
+            choices=None, bound: str | None = None):
+    """A :class:`TrainConfig` field with what the rest of the package needs to know of it, declared once:
 
-# the fields train_preset() supplies when they are left at None
-_PRESET_FIELDS = ("steps", "batch_size", "crop", "lr", "schedule", "val_every", "ckpt_every")
+    ``groups``: ``runtime`` (how a run executes or reports, not the weights it ends with: a run resumes
+    with other values for these), ``distillation`` (read by a FEDS student only: left out of a
+    teacher's or the scratch baseline's identity), ``student`` (a student's stages), ``path`` (files or
+    folders, compared as real paths), ``preset`` (``None`` = the preset's budget value).
+    ``choices``: the allowed values (checked by :meth:`TrainConfig.check`); ``bound``: ``">0"``,
+    ``">=0"`` or ``">=1"`` (checked likewise, when the value is not None)."""
+    meta = {"groups": tuple(groups), "choices": choices, "bound": bound}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 class ConfigError(FedsLabError, ValueError):
@@ -68,88 +63,88 @@ class ConfigError(FedsLabError, ValueError):
 class TrainConfig:
     """Everything one training run needs. Units: steps are optimiser steps, crop is px, lr is per step.
 
-    Defaults marked "ours" are this project's choices where METHOD.md or the paper is silent.
+    Defaults marked "ours" are this project's choices where the method (docs/method.md) or the paper is silent.
     """
 
     # --- what is trained -------------------------------------------------------------------------
-    role: str = "teacher"  #: teacher | student
+    role: str = setting("teacher", choices=ROLES)  #: teacher | student
     family: str = "cnn"  #: model family (feds_lab.models.list_families())
     preset: str = "tiny"  #: paper | small | tiny: model sizes and, by default, the budget
     model: dict[str, Any] = field(default_factory=dict)  #: build_model overrides, e.g. {"M": 64}
-    lmbda: float = LAMBDAS[2]  #: L_RD = bpp + lmbda * 255^2 * MSE (MS-SSIM: bpp + lmbda * (1 - MS-SSIM))
-    metric: str = "mse"  #: mse | ms-ssim
-    baseline: str = "none"  #: student only: none (FEDS) | scratch (same student, L_RD only, no teacher)
-    teacher: str | None = None  #: teacher checkpoint (.safetensors), needed by a FEDS student
-    warm_start: str | None = None  #: checkpoint whose weights initialise the model (e.g. a neighbouring lambda's)
+    lmbda: float = setting(LAMBDAS[2], bound=">=0")  #: L_RD = bpp + lmbda * 255^2 * MSE (MS-SSIM: bpp + lmbda * (1 - MS-SSIM))
+    metric: str = setting("mse", choices=METRICS)  #: mse | ms-ssim
+    baseline: str = setting("none", choices=BASELINES)  #: student only: none (FEDS) | scratch (same student, L_RD only, no teacher)
+    teacher: str | None = setting(None, groups=('distillation', 'path'))  #: teacher checkpoint (.safetensors), needed by a FEDS student
+    warm_start: str | None = setting(None, groups=('path',))  #: checkpoint whose weights initialise the model (e.g. a neighbouring lambda's)
 
     # --- budget: None = the preset's value (feds_lab.presets.train_preset) -------------------------
-    steps: int | None = None  #: total optimiser steps (all stages together)
-    batch_size: int | None = None  #: global batch (split across ranks under torchrun)
-    crop: int | None = None  #: square training crops, px (a multiple of 64)
-    lr: float | None = None  #: Adam learning rate; the peak of the one-cycle schedule
-    schedule: str | None = None  #: constant | onecycle (torch OneCycleLR over all steps, peak lr)
-    aux_lr: float = 1e-3  #: Adam on the entropy bottleneck's quantiles (CompressAI's default)
-    clip_max_norm: float = 1.0  #: gradient clipping (CompressAI's example uses 1.0); 0 = off
+    steps: int | None = setting(None, groups=('preset',), bound=">=1")  #: total optimiser steps (all stages together)
+    batch_size: int | None = setting(None, groups=('preset',), bound=">=1")  #: global batch (split across ranks under torchrun)
+    crop: int | None = setting(None, groups=('preset',))  #: square training crops, px (a multiple of 64)
+    lr: float | None = setting(None, groups=('preset',), bound=">0")  #: Adam learning rate; the peak of the one-cycle schedule
+    schedule: str | None = setting(None, groups=('preset',), choices=SCHEDULES)  #: constant | onecycle (torch OneCycleLR over all steps, peak lr)
+    aux_lr: float = setting(1e-3, bound=">0")  #: Adam on the entropy bottleneck's quantiles (CompressAI's default)
+    clip_max_norm: float = setting(1.0, bound=">=0")  #: gradient clipping (CompressAI's example uses 1.0); 0 = off
 
     # --- FEDS stages (student) -------------------------------------------------------------------
-    #: fractions of ``steps`` for feature alignment / channel distillation / fine-tuning (METHOD.md)
+    #: fractions of ``steps`` for feature alignment / channel distillation / fine-tuning (docs/method.md)
     #: Defaults of the distillation (ours): the best of a search on tune-val (`feds-lab tune`, study
     #: ``study-feds-b``, trial 8 of 12, README "Tuned FEDS against training alone"): channel distillation
     #: at a share 0.1 of the RD gradient, feature alignment and output distillation almost off (0.01).
     #: Its prior (the previous defaults) had alpha = gamma = 0.1. The first build's values, for
     #: comparison: split (0.3, 0.5, 0.2), fine-tuning 0.1, alpha = beta = 1, gamma 0, tau 1, raw MSE
     #: losses, no balancing, constant weights, total clipping.
-    stage_split: tuple[float, float, float] = (0.28, 0.42, 0.3)
+    stage_split: tuple[float, float, float] = setting((0.28, 0.42, 0.3), groups=('student',))
     #: fine-tuning runs at lr * this (ours): 1 = the schedule's own rate, so that stage 3 recovers at a
     #: useful rate and the scratch baseline's schedule is one plain one-cycle
-    finetune_lr_factor: float = 1.0
-    alpha: float = 0.01  #: weight of L_feat in stages 1-2 (ours; with balance=grad a share of L_RD's gradient); 0 = off
-    beta: float = 0.1  #: weight of L_ent in stage 2 (ours; likewise); 0 = no channel distillation
-    gamma: float = 0.01  #: weight of output distillation in stages 1-2 (ours; likewise); 0 = off
-    weighting: str = "softmax"  #: channel weights: softmax | linear | uniform | topk
-    tau: float = 2.0  #: softmax temperature of the channel weights, bits (ours)
-    taps: tuple[str, ...] = DEFAULT_TAPS  #: features aligned in L_feat
-    feature_weighting: str = "attention"  #: attention | plain
-    #: scale-free losses (ours, issue 13): ``channel`` standardises teacher and lifted student per
-    #: image and channel (1 - Pearson, as PKD); ``none`` is METHOD.md's raw MSE
-    feature_norm: str = "channel"  #: L_feat: none | channel
-    latent_norm: str = "channel"  #: L_ent: none | channel
+    finetune_lr_factor: float = setting(1.0, groups=('student',), bound=">0")
+    alpha: float = setting(0.01, groups=('distillation',), bound=">=0")  #: weight of L_feat in stages 1-2 (ours; with balance=grad a share of L_RD's gradient); 0 = off
+    beta: float = setting(0.1, groups=('distillation',), bound=">=0")  #: weight of L_ent in stage 2 (ours; likewise); 0 = no channel distillation
+    gamma: float = setting(0.01, groups=('distillation',), bound=">=0")  #: weight of output distillation in stages 1-2 (ours; likewise); 0 = off
+    weighting: str = setting("softmax", groups=('distillation',), choices=DISTILLATION_WEIGHTINGS)  #: channel weights: softmax | linear | uniform | topk
+    tau: float = setting(2.0, groups=('distillation',), bound=">0")  #: softmax temperature of the channel weights, bits (ours)
+    taps: tuple[str, ...] = setting(DEFAULT_TAPS, groups=('distillation',))  #: features aligned in L_feat
+    feature_weighting: str = setting("attention", groups=('distillation',), choices=FEATURE_WEIGHTINGS)  #: attention | plain
+    #: scale-free losses (ours): ``channel`` standardises teacher and lifted student per
+    #: image and channel (1 - Pearson, as PKD); ``none`` is the method's raw MSE
+    feature_norm: str = setting("channel", groups=('distillation',), choices=FEATURE_NORMS)  #: L_feat: none | channel
+    latent_norm: str = setting("channel", groups=('distillation',), choices=FEATURE_NORMS)  #: L_ent: none | channel
     #: output distillation: ``raw`` gamma * MSE(x_hat_S, x_hat_T); ``distortion`` gamma * lmbda * 255^2 *
     #: MSE(x_hat_S, x_hat_T), i.e. gamma is a share of the distortion term
-    output_scale: str = "distortion"
-    ramp: str = "cosine"  #: distillation weights over stages 1-2: constant | linear | cosine (down to 0)
+    output_scale: str = setting("distortion", groups=('distillation',), choices=OUTPUT_SCALES)
+    ramp: str = setting("cosine", groups=('distillation',), choices=RAMPS)  #: distillation weights over stages 1-2: constant | linear | cosine (down to 0)
     #: ``grad``: alpha, beta, gamma become each term's gradient norm as a share of L_RD's, on the
     #: student's weights, measured every ``balance_every`` steps (ours); ``none``: plain weights
-    balance: str = "grad"
-    balance_every: int = 10
+    balance: str = setting("grad", groups=('distillation',), choices=BALANCES)
+    balance_every: int = setting(10, groups=('distillation',), bound=">=1")
     #: ``total``: one clip over the summed gradient (CompressAI's); ``separate``: L_RD's gradient is
     #: clipped exactly as the scratch baseline's, the distillation gradient on its own, so that
     #: distillation never shrinks the RD step (single process; under torchrun it falls back to total)
-    clip_mode: str = "separate"
+    clip_mode: str = setting("separate", groups=('distillation',), choices=CLIP_MODES)
     #: beyond FEDS, reported apart: start the student from the teacher's weights, channel-sliced
     #: where the shapes allow (as EVC- and KDIC-style students are built); FEDS students only
-    init_from_teacher: bool = False
+    init_from_teacher: bool = setting(False, groups=('distillation',))
     warmup: float = 0.3  #: one-cycle warm-up share of the steps (torch's pct_start)
 
     # --- data ------------------------------------------------------------------------------------
-    data: str | None = None  #: image folder; None = the built-in photographs
+    data: str | None = setting(None, groups=('path',))  #: image folder; None = the built-in photographs
     #: split of ``data`` to train on: ``train`` (validating on ``val``) or ``tune-train`` (validating on
     #: ``tune-val``: what ``feds-lab tune`` uses, so that a search never sees the reported images)
-    train_split: str = "train"
+    train_split: str = setting("train", choices=TRAIN_SPLITS)
     seed: int = 0  #: model initialisation, batches and quantisation noise
 
     # --- running and reporting -------------------------------------------------------------------
-    out: str | None = None  #: run folder; None = runs/<run name>
-    device: str = "auto"  #: auto | cpu | cuda
-    threads: int | None = None  #: CPU threads for this run (torch.set_num_threads); None = torch's default
-    val_every: int | None = None  #: validate (real bitstreams) every this many steps and at the end; 0 = never
-    val_images: int | None = None  #: validate on at most this many held-out images; None = all
-    ckpt_every: int | None = None  #: write the training state every this many steps
-    log_every: int = 1  #: a "train" line in metrics.jsonl every this many steps (mean over them)
+    out: str | None = setting(None, groups=('runtime',))  #: run folder; None = runs/<run name>
+    device: str = setting("auto", groups=('runtime',))  #: auto | cpu | cuda
+    threads: int | None = setting(None, groups=('runtime',))  #: CPU threads for this run (torch.set_num_threads); None = torch's default
+    val_every: int | None = setting(None, groups=('runtime', 'preset'), bound=">=0")  #: validate (real bitstreams) every this many steps and at the end; 0 = never
+    val_images: int | None = setting(None, groups=('runtime',))  #: validate on at most this many held-out images; None = all
+    ckpt_every: int | None = setting(None, groups=('runtime', 'preset'), bound=">=0")  #: write the training state every this many steps
+    log_every: int = setting(1, groups=('runtime',), bound=">=1")  #: a "train" line in metrics.jsonl every this many steps (mean over them)
     #: a "grad" line every this many steps: each loss term's gradient norm on the student's weights
     #: (L_RD, alpha L_feat, beta L_ent, gamma L_out); 0 = never. Costs one extra backward per term.
-    grad_log_every: int = 25
-    max_nonfinite: int = 20  #: stop after more than this many non-finite steps in a row
+    grad_log_every: int = setting(100, groups=('runtime',), bound=">=0")
+    max_nonfinite: int = setting(20, groups=('runtime',), bound=">=0")  #: stop after more than this many non-finite steps in a row
     #: divergence (ours): a step whose L_RD exceeds ``rewind_spike`` x the median of the last 50 steps'
     #: (or 3 non-finite steps in a row) is skipped, and the run goes back to its last checkpoint and
     #: continues at ``rewind_lr_factor`` x the learning rate, at most ``max_rewinds`` times (then it stops,
@@ -157,9 +152,9 @@ class TrainConfig:
     #: one step just after the one-cycle peak. 0 = off (then only ``max_nonfinite`` stops a run).
     rewind_spike: float = 10.0
     rewind_lr_factor: float = 0.5
-    max_rewinds: int = 3
-    resume: bool = True  #: continue from the state in the run folder, if any (False: start over)
-    progress: bool = True  #: tqdm progress bar (rank 0 only)
+    max_rewinds: int = setting(3, bound=">=0")
+    resume: bool = setting(True, groups=('runtime',))  #: continue from the state in the run folder, if any (False: start over)
+    progress: bool = setting(True, groups=('runtime',))  #: tqdm progress bar (rank 0 only)
 
     # --- construction ----------------------------------------------------------------------------
     @classmethod
@@ -232,54 +227,36 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        need(self.role in ROLES, f"role must be one of {list(ROLES)}, got {self.role!r}")
-        need(self.baseline in BASELINES, f"baseline must be one of {list(BASELINES)}, got {self.baseline!r}")
+        for f in dataclasses.fields(self):  # the choices and bounds each field declares (see setting())
+            value, choices, bound = getattr(self, f.name), f.metadata.get("choices"), f.metadata.get("bound")
+            if choices is not None and value not in choices:
+                need(False, f"{f.name} must be one of {list(choices)}, got {value!r}")
+            if bound is not None and value is not None:
+                ok = {">0": value > 0, ">=0": value >= 0, ">=1": value >= 1}[bound]
+                words = {">0": "positive", ">=0": "non-negative", ">=1": "at least 1"}[bound]
+                need(ok, f"{f.name} must be {words}, got {value}")
         need(self.role == "student" or self.baseline == "none", "baseline applies to students only")
         if self.distills:
             need(self.teacher is not None, "a FEDS student needs a teacher checkpoint (--teacher CKPT), "
                  "or --baseline scratch for the baseline")
         else:
             need(self.teacher is None, f"a {self.run_name().split('-')[0]} run takes no teacher (got {self.teacher!r})")
-        need(self.train_split in TRAIN_SPLITS, f"train_split must be one of {list(TRAIN_SPLITS)}, got {self.train_split!r}")
-        need(self.metric in METRICS, f"metric must be one of {list(METRICS)}, got {self.metric!r}")
-        need(self.schedule in SCHEDULES, f"schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
         need(self.device in DEVICES or self.device.startswith("cuda:"),
              f"device must be one of {list(DEVICES)} or cuda:N, got {self.device!r}")
-        need(self.weighting in DISTILLATION_WEIGHTINGS,
-             f"weighting must be one of {list(DISTILLATION_WEIGHTINGS)}, got {self.weighting!r}")
-        need(self.feature_weighting in FEATURE_WEIGHTINGS,
-             f"feature_weighting must be one of {list(FEATURE_WEIGHTINGS)}, got {self.feature_weighting!r}")
-        for name, known in (("feature_norm", FEATURE_NORMS), ("latent_norm", FEATURE_NORMS),
-                            ("output_scale", OUTPUT_SCALES), ("ramp", RAMPS), ("balance", BALANCES),
-                            ("clip_mode", CLIP_MODES)):
-            need(getattr(self, name) in known, f"{name} must be one of {list(known)}, got {getattr(self, name)!r}")
-        need(self.balance_every >= 1, f"balance_every must be at least 1, got {self.balance_every}")
-        need(self.grad_log_every >= 0, f"grad_log_every must be non-negative (0 = never), got {self.grad_log_every}")
         need(0 < self.warmup < 1, f"warmup must be a share of the steps between 0 and 1, got {self.warmup}")
         need(not self.init_from_teacher or self.distills,
              "init_from_teacher needs a FEDS student with a teacher (it copies the teacher's weights)")
-        need(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
-        need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
         need(self.crop >= 64 and self.crop % 64 == 0, f"crop must be a positive multiple of 64 px, got {self.crop}")
         need(self.metric != "ms-ssim" or self.crop >= MS_SSIM_MIN_SIDE,
              f"metric ms-ssim needs crops of at least {MS_SSIM_MIN_SIDE} px (five scales), got {self.crop}; "
              "use crop=192 or more")
-        for name in ("lr", "aux_lr", "finetune_lr_factor", "tau"):
-            need(getattr(self, name) > 0, f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("alpha", "beta", "gamma", "clip_max_norm", "lmbda"):
-            need(getattr(self, name) >= 0, f"{name} must be non-negative, got {getattr(self, name)}")
         need(len(self.stage_split) == 3 and all(f >= 0 for f in self.stage_split)
              and math.isclose(sum(self.stage_split), 1.0, abs_tol=1e-6),
              f"stage_split must be three non-negative fractions summing to 1, got {list(self.stage_split)}")
         need(len(self.taps) > 0 or self.alpha == 0, "taps is empty: give at least one tap, or alpha=0")
-        for name in ("val_every", "ckpt_every"):
-            need(getattr(self, name) >= 0, f"{name} must be non-negative (0 = never), got {getattr(self, name)}")
-        need(self.log_every >= 1, f"log_every must be at least 1, got {self.log_every}")
-        need(self.max_nonfinite >= 0, f"max_nonfinite must be non-negative, got {self.max_nonfinite}")
         need(self.rewind_spike == 0 or self.rewind_spike > 1,
              f"rewind_spike must be 0 (off) or above 1 (a multiple of the recent median), got {self.rewind_spike}")
         need(0 < self.rewind_lr_factor <= 1, f"rewind_lr_factor must be in (0, 1], got {self.rewind_lr_factor}")
-        need(self.max_rewinds >= 0, f"max_rewinds must be non-negative, got {self.max_rewinds}")
         need(self.threads is None or self.threads >= 1, f"threads must be at least 1, got {self.threads}")
         need(self.val_images is None or self.val_images >= 1, f"val_images must be at least 1, got {self.val_images}")
 
@@ -315,6 +292,23 @@ class TrainConfig:
         path = Path(path)
         path.write_text(self.to_yaml())
         return path
+
+
+def fields_in(group: str) -> frozenset[str]:
+    """The names of the :class:`TrainConfig` fields declared in ``group`` (see :func:`setting`)."""
+    return frozenset(f.name for f in dataclasses.fields(TrainConfig) if group in f.metadata.get("groups", ()))
+
+
+#: how a run executes or reports, not the weights it ends with (a run may resume with other values)
+RUNTIME_FIELDS = fields_in("runtime")
+#: read by a FEDS student only: a teacher's or the scratch baseline's identity leaves them out
+DISTILLATION_FIELDS = fields_in("distillation")
+#: files or folders: compared as real paths (relative to the working folder)
+PATH_FIELDS = tuple(sorted(fields_in("path")))
+#: a student's stages and fine-tuning rate: left out of a teacher's identity
+STUDENT_FIELDS = fields_in("student")
+#: the fields train_preset() supplies when they are left at None
+_PRESET_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if "preset" in f.metadata.get("groups", ()))
 
 
 # --- coercion -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The FEDS training stages and the loss each one minimises (METHOD.md "Training").
+"""The FEDS training stages and the loss each one minimises (docs/method.md "Training").
 
 A student's step budget is cut into three stages (default 30 / 50 / 20 %)::
 

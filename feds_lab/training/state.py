@@ -1,4 +1,5 @@
-"""The run folder: config, training state, metrics and the final model, written so a crash loses little.
+"""The run folder and the training state: config, state, metrics and the final model, written so a
+crash loses little; :class:`TrainingState` captures and restores everything a resumed run needs.
 
 ::
 
@@ -21,13 +22,23 @@ from __future__ import annotations
 import io
 import json
 import math
+import statistics
+import sys
+import typing
 import warnings
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError, TrainingStateError, one_line
+
+if typing.TYPE_CHECKING:
+    from .config import TrainConfig
+    from .distributed import Distributed
+    from .stages import DistillationWeights, Stage, TrainingObjective
 from ..io import atomic_write, stale_temporaries
 
 CONFIG_FILE = "config.yaml"
@@ -65,12 +76,19 @@ def save_state(state: dict[str, Any], path: Path) -> None:
 
 #: The largest state file read at all (a tiny model's is a few MB, the paper teacher's about 0.5 GB).
 MAX_STATE_BYTES = 8 << 30
-#: What the trainer reads from a state (trainer._training_state writes them), and their types.
-_KEYS = {"format": str, "step": int, "stage": str, "model": dict, "config": dict, "nonfinite": int, "skipped": int,
-         "seconds": (int, float), "window": dict, "adapters": dict, "optimizer": dict, "aux_optimizer": dict,
-         "rng": (list, tuple)}
-_OPTIONAL = {"scheduler": (dict, type(None)), "cuda_rng": (list, tuple, type(None)), "world_size": int,
-             "rewinds": int, "lr_scale": (int, float)}
+#: The training state's schema, declared once: every key :meth:`TrainingState.capture` writes, its
+#: types, and whether a state written by an older version may lack it (then :meth:`restore` has a default).
+STATE_FORMAT = "feds-lab-train-state/1"
+STATE_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "format": (str, True), "step": (int, True), "stage": ((str, type(None)), True), "nonfinite": (int, True),
+    "skipped": (int, True), "seconds": ((int, float), True), "window": (dict, True), "model": (dict, True),
+    "adapters": (dict, True), "distillation_weights": (dict, False), "optimizer": (dict, True),
+    "aux_optimizer": (dict, True), "scheduler": ((dict, type(None)), False), "rng": ((list, tuple), True),
+    "cuda_rng": ((list, tuple, type(None)), False), "world_size": (int, False), "config": (dict, True),
+    "rewinds": (int, False), "lr_scale": ((int, float), False),
+}
+_KEYS = {k: t for k, (t, required) in STATE_SCHEMA.items() if required and k != "stage"} | {"stage": str}
+_OPTIONAL = {k: t for k, (t, required) in STATE_SCHEMA.items() if not required}
 
 
 def _refusal(e: BaseException) -> str:
@@ -287,3 +305,137 @@ def clear_run(out: Path) -> None:
     for tmp in out.glob(".*.tmp"):
         if any(tmp.name.startswith(f".{name}.") for name in RUN_FILES):
             tmp.unlink(missing_ok=True)
+
+
+# --- the training state: everything a resumed run needs, captured and restored in one place --------
+SPIKE_WINDOW = 50  # steps whose median L_RD a spike is measured against
+SPIKE_MIN_STEPS = 20  # no spike is called before this many finite steps (after a start or a rewind)
+REWIND_NONFINITE = 3  # non-finite steps in a row that count as a divergence (one alone is only skipped)
+
+
+@dataclass
+class TrainingState:
+    """The live objects of a run and its counters; :meth:`capture` and :meth:`restore` mirror each other."""
+
+    cfg: TrainConfig
+    objective: TrainingObjective
+    weights: DistillationWeights
+    dd: Distributed
+    optimizer: torch.optim.Optimizer
+    aux_optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: int = 0
+    stage: Stage | None = None  # the stage of the last step done
+    nonfinite: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    stopping: bool = False
+    window: LossWindow = field(default_factory=lambda: LossWindow())
+    rewinds: int = 0  # how many times the run went back to its last checkpoint after a divergence
+    lr_scale: float = 1.0  # rewind_lr_factor ** rewinds
+    spiked: bool = False  # the last step was skipped as a spike
+    recent: deque = field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # last steps' L_RD (not saved)
+    last_grads: dict = field(default_factory=dict)  # the last step's gradient norms, for its report (not saved)
+    last_lr: float = 0.0  # the rate the last step used (not saved)
+
+    def is_spike(self, rd: float) -> bool:
+        """L_RD above ``rewind_spike`` x the median of the last steps' (once there are enough of them)."""
+        k = self.cfg.rewind_spike
+        return bool(k) and len(self.recent) >= SPIKE_MIN_STEPS and rd > k * statistics.median(self.recent)
+
+    def diverged(self) -> bool:
+        return bool(self.cfg.rewind_spike) and (self.spiked or self.nonfinite >= REWIND_NONFINITE)
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, objective: TrainingObjective, weights: DistillationWeights, dd: Distributed,
+              saved: dict[str, Any] | None) -> TrainingState:
+        from .optim import fresh_optimizers
+        from .stages import Stage
+
+        run = cls(cfg, objective, weights, dd, *fresh_optimizers(objective, cfg, Stage(saved["stage"]) if saved else None))
+        if saved:
+            run.restore(saved)
+        return run
+
+    def capture(self) -> dict[str, Any]:
+        """As tensors and plain values (``torch.load(weights_only=True)`` reads it back). A collective
+        under torchrun (every rank's RNG state is gathered), so all ranks call it."""
+        cuda = self.dd.device.type == "cuda"
+        return {
+            "format": STATE_FORMAT,
+            "step": self.step,
+            "stage": self.stage.value if self.stage else None,  # None only before the first step (the caller names it)
+            "nonfinite": self.nonfinite,
+            "skipped": self.skipped,
+            "seconds": self.seconds,
+            "window": {"n": self.window.n, "sums": self.window.sums},
+            "model": self.objective.model.state_dict(),
+            "adapters": {name: m.state_dict() for name, m in self.objective.adapters().items()},
+            "distillation_weights": self.weights.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": self.dd.gather(torch.get_rng_state()),
+            "cuda_rng": self.dd.gather(torch.cuda.get_rng_state(self.dd.device).cpu()) if cuda else None,
+            "world_size": self.dd.world_size,
+            "config": self.cfg.to_dict(),
+            "rewinds": self.rewinds,
+            "lr_scale": self.lr_scale,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.objective.model.load_state_dict(state["model"])
+        for name, module in self.objective.adapters().items():
+            module.load_state_dict(state["adapters"][name])
+        if "distillation_weights" in state:
+            self.weights.load_state_dict(state["distillation_weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        from .stages import Stage
+
+        self.step, self.stage = state["step"], Stage(state["stage"])
+        restore_rng(state, self.dd, self.cfg.seed + self.step)
+        self.nonfinite, self.skipped, self.seconds = state["nonfinite"], state["skipped"], state["seconds"]
+        self.rewinds, self.lr_scale = int(state.get("rewinds", 0)), float(state.get("lr_scale", 1.0))
+        self.spiked = False
+        self.recent.clear()
+        self.window = LossWindow.from_state(state["window"], self.dd.device)  # a log line half-way through its steps
+
+
+
+class LossWindow:
+    """Sums of the loss terms since the last log line (tensors: no device sync until it is written)."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.n = 0
+
+    def add(self, terms: dict[str, torch.Tensor], **extra: torch.Tensor) -> None:
+        for k, v in {**terms, **extra}.items():
+            self.sums[k] = self.sums.get(k, 0) + v.detach()
+        self.n += 1
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> LossWindow:
+        w = cls()
+        w.n, w.sums = state["n"], {k: v.to(device) for k, v in state["sums"].items()}
+        return w
+
+    def means(self) -> dict[str, float]:
+        return {k: float(v) / self.n for k, v in self.sums.items()} if self.n else {}
+
+
+
+def restore_rng(state: dict[str, Any], dd: Distributed, fallback_seed: int) -> None:
+    rng, cuda_rng = state.get("rng") or [], state.get("cuda_rng")
+    if len(rng) == dd.world_size:
+        torch.set_rng_state(rng[dd.rank])
+        if cuda_rng and dd.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng[dd.rank], dd.device)
+    else:  # another number of processes than the run that saved it: still deterministic, no longer exact
+        torch.manual_seed(fallback_seed + dd.rank)
+        if dd.is_main:
+            print(f"note: the state was saved by {len(rng)} process(es), this run has {dd.world_size}; "
+                  "the quantisation noise restarts from a fresh seed", file=sys.stderr)

@@ -29,14 +29,12 @@ import inspect
 import math
 import os
 import signal
-import statistics
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,16 +54,13 @@ from .config import TRAIN_SPLITS, ConfigError, TrainConfig
 from .distributed import Distributed
 from .init import init_from_teacher
 from .stages import DistillationWeights, Stage, StagePlan, TrainingObjective
-from .state import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, MetricsLog, atomic_write_bytes,
-                    clean_stale_temporaries, clear_run, load_state, save_state)
+from .optim import enter_fine_tuning, fresh_optimizers
+from .state import (CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE, LossWindow, MetricsLog, TrainingState,
+                    atomic_write_bytes, clean_stale_temporaries, clear_run, load_state, save_state)
 
 KILL_HOOK_ENV = "FEDS_LAB_TEST_KILL_AT_STEP"
 SPIKE_HOOK_ENV = "FEDS_LAB_TEST_SPIKE_AT_STEP"  # tests: this step's loss x 1e4, once per process
-SPIKE_WINDOW = 50  # steps whose median L_RD a spike is measured against
-SPIKE_MIN_STEPS = 20  # no spike is called before this many finite steps (after a start or a rewind)
-REWIND_NONFINITE = 3  # non-finite steps in a row that count as a divergence (one alone is only skipped)
 _spikes_fired: set[int] = set()
-STATE_FORMAT = "feds-lab-train-state/1"
 
 
 class TrainingInterrupted(FedsLabError):
@@ -96,11 +91,38 @@ def train(config: TrainConfig) -> Path:
 
 
 def _train(cfg: TrainConfig, dd: Distributed) -> Path:
-    out = Path(cfg.out)
-    device = dd.device
     say = _printer(dd)
+    opened = _open_run(cfg, dd, say)
+    if isinstance(opened, Path):
+        return opened  # finished already
+    saved, metrics = opened
+    parts = _build(cfg, dd, saved, say)
+    t0 = time.perf_counter() - parts.run.seconds
+    _loop(cfg, dd, parts, metrics, saved, t0, say)
+    return _finish(cfg, dd, parts, metrics, t0, say)
 
-    # --- 0. the run folder: finished, resumable, or new ------------------------------------------
+
+@dataclass
+class _Parts:
+    """What :func:`_build` makes for the loop and the finish."""
+
+    model: nn.Module
+    teacher: nn.Module | None
+    objective: TrainingObjective
+    plan: StagePlan
+    weights: DistillationWeights
+    run: TrainingState
+    step_fn: nn.Module
+    separate_clip: bool
+    dataset: Any
+    rows: slice
+    val_set: list
+
+
+def _open_run(cfg: TrainConfig, dd: Distributed, say):
+    """The run folder: finished (its model's path), resumable (the saved state), or new (None);
+    with the metrics log, truncated to the saved step."""
+    out = Path(cfg.out)
     if cfg.resume and (out / MODEL_FILE).exists():
         diffs = _saved_config_differences(out, cfg)
         if not diffs:
@@ -127,8 +149,12 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
             metrics.truncate_after(saved["step"])  # lines a killed run logged after its last checkpoint
         atomic_write_bytes(out / CONFIG_FILE, cfg.to_yaml().encode())
     dd.barrier()
+    return saved, metrics
 
-    # --- 1. models: the one we train, the frozen teacher, the adapters ---------------------------
+
+def _build(cfg: TrainConfig, dd: Distributed, saved: dict[str, Any] | None, say) -> _Parts:
+    """Models (the one trained, the frozen teacher, the adapters), optimisers and the data."""
+    device = dd.device
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.role, preset=cfg.preset, family=cfg.family, **cfg.model)
     teacher = load_teacher(cfg.teacher, device) if cfg.distills else None
@@ -145,29 +171,32 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
     if dd.active:
         torch.manual_seed(cfg.seed + dd.rank)  # each rank draws its own quantisation noise
 
-    # --- 2. optimisers: Adam on the weights (and adapters), Adam on the quantiles (aux loss) ------
+    # Adam on the weights (and adapters), Adam on the quantiles (aux loss)
     run = TrainingState.start(cfg, objective, weights, dd, saved)
     if saved:
-        say(f"{out}: resuming at step {run.step} of {cfg.steps} ({run.stage.value})")
+        say(f"{cfg.out}: resuming at step {run.step} of {cfg.steps} ({run.stage.value})")
     objective.train()
     step_fn: nn.Module = objective if not dd.active else _data_parallel(objective, device)
     separate_clip = cfg.clip_mode == "separate" and not dd.active
     if cfg.clip_mode == "separate" and dd.active:
         say("note: clip_mode=separate needs one process; under torchrun the summed gradient is clipped (total)")
 
-    # --- 3. data: batch `step` is a function of (seed, step); ranks take slices of it -------------
+    # batch `step` is a function of (seed, step); ranks take slices of it
     dataset = load_dataset(cfg.data, cfg.train_split, cfg.crop, seed=cfg.seed)
-    rows = dd.batch_slice(cfg.batch_size)
     val_set = (eval_images(cfg.data, TRAIN_SPLITS[cfg.train_split])[: cfg.val_images]
                if dd.is_main and cfg.val_every else [])
+    return _Parts(model, teacher, objective, plan, weights, run, step_fn, separate_clip, dataset,
+                  dd.batch_slice(cfg.batch_size), val_set)
 
-    # --- 4. the loop -------------------------------------------------------------------------------
+
+def _loop(cfg: TrainConfig, dd: Distributed, parts: _Parts, metrics: MetricsLog, saved, t0: float, say) -> None:
+    """Steps until ``cfg.steps``: stage changes, one step, reporting, checkpoints, rewinds, stops."""
+    out, run, plan = Path(cfg.out), parts.run, parts.plan
     show = dd.is_main and cfg.progress and not os.environ.get("TQDM_DISABLE")
     bar = tqdm(total=cfg.steps, initial=run.step, desc=cfg.run_name(), disable=not show, dynamic_ncols=True,
                file=sys.stderr)
-    t0 = time.perf_counter() - run.seconds
     # threads chosen automatically follow the free cores while the run trains (feds_lab.threads)
-    governor = ThreadGovernor(log=say) if device.type == "cpu" and not cfg.threads else None
+    governor = ThreadGovernor(log=say) if dd.device.type == "cpu" and not cfg.threads else None
     if saved is None and cfg.rewind_spike and cfg.ckpt_every:
         state = run.capture()  # step 0: a divergence before the first checkpoint has somewhere to go back to
         state["stage"] = plan.stage_at(0).value
@@ -178,38 +207,10 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
             step = run.step
             if governor:
                 governor.tick()
-            if plan.stage_at(step) is not run.stage:
-                run.stage = plan.stage_at(step)
-                if run.stage is Stage.FINE_TUNING:
-                    enter_fine_tuning(run.optimizer, cfg.finetune_lr_factor)
-                end = next(e for _, b, e in plan.spans() if b <= step < e)
-                say(f"{run.stage.value}: steps {step + 1}-{end}")
-
-            x = dataset.sample_batch(step, cfg.batch_size, cfg.seed)[rows].to(device, non_blocking=True)
-            teacher_out = None
-            if objective.uses_teacher(run.stage):
-                with torch.no_grad():
-                    teacher_out = teacher(x, return_features=True)
-            active = objective.active_terms(run.stage)
-            measure = bool(active) and (weights.needs_measurement(step, active, cfg.balance_every)
-                                        or (cfg.grad_log_every and step % cfg.grad_log_every == 0))
-            terms, grads, lr = train_step(run, step_fn, x, teacher_out, step, measure=measure,
-                                          separate_clip=separate_clip, stopping=stop.requested)
-            done = step + 1
+            _enter_stage(cfg, run, plan, step, say)
+            done = _one_step(cfg, dd, parts, step, stop)
             bar.update(1)
-
-            # reporting: metrics.jsonl, progress bar, validation (rank 0 only)
-            if dd.is_main and grads:
-                metrics.append({"step": done, "stage": run.stage.value, "kind": "grad", **grads})
-            if dd.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
-                record = {"step": done, "stage": run.stage.value, "kind": "train", **run.window.means(),
-                          **{f"w_{t}": w for t, w in weights.at(step).items() if t in active},
-                          "lr": lr, "skipped": run.skipped, "seconds": _since(t0)}
-                metrics.append(record)
-                bar.set_postfix(_postfix(record), refresh=False)
-                run.window = _Window()
-            if dd.is_main and cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
-                _log_validation(metrics, validate(model, val_set, objective.rd_loss), done, run.stage, t0)
+            _report(cfg, dd, parts, metrics, done, t0, bar)
 
             # checkpoint at intervals, and on SIGINT/SIGTERM after finishing the step
             # (not during a run of non-finite steps: the last checkpoint stays the last good one)
@@ -233,19 +234,69 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
                 raise _too_many_nonfinite(cfg, out, run.nonfinite, done)
     bar.close()
 
-    # --- 5. the final model: update the CDF tables, validate, save ----------------------------------
+
+def _enter_stage(cfg: TrainConfig, run: TrainingState, plan: StagePlan, step: int, say) -> None:
+    if plan.stage_at(step) is not run.stage:
+        run.stage = plan.stage_at(step)
+        if run.stage is Stage.FINE_TUNING:
+            enter_fine_tuning(run.optimizer, cfg.finetune_lr_factor)
+        end = next(e for _, b, e in plan.spans() if b <= step < e)
+        say(f"{run.stage.value}: steps {step + 1}-{end}")
+
+
+def _one_step(cfg: TrainConfig, dd: Distributed, parts: _Parts, step: int, stop: _StopFlag) -> int:
+    """The batch, the teacher's forward pass when the stage needs it, and :func:`train_step`."""
+    run, objective = parts.run, parts.objective
+    x = parts.dataset.sample_batch(step, cfg.batch_size, cfg.seed)[parts.rows].to(dd.device, non_blocking=True)
+    teacher_out = None
+    if objective.uses_teacher(run.stage):
+        with torch.no_grad():
+            teacher_out = parts.teacher(x, return_features=True)
+    active = objective.active_terms(run.stage)
+    balance = bool(active) and parts.weights.needs_measurement(step, active, cfg.balance_every)
+    log_grads = bool(active) and bool(cfg.grad_log_every) and step % cfg.grad_log_every == 0
+    _, grads, lr = train_step(run, parts.step_fn, x, teacher_out, step, measure=balance or log_grads,
+                              balance=balance, separate_clip=parts.separate_clip, stopping=stop.requested)
+    run.last_grads, run.last_lr = grads, lr
+    return step + 1
+
+
+def _report(cfg: TrainConfig, dd: Distributed, parts: _Parts, metrics: MetricsLog, done: int, t0: float,
+            bar) -> None:
+    """metrics.jsonl, the progress bar's figures and validation (rank 0 only)."""
+    run = parts.run
+    if not dd.is_main:
+        return
+    if run.last_grads:
+        metrics.append({"step": done, "stage": run.stage.value, "kind": "grad", **run.last_grads})
+    if done % cfg.log_every == 0 or done == cfg.steps:
+        active = parts.objective.active_terms(run.stage)
+        record = {"step": done, "stage": run.stage.value, "kind": "train", **run.window.means(),
+                  **{f"w_{t}": w for t, w in parts.weights.at(done - 1).items() if t in active},
+                  "lr": run.last_lr, "skipped": run.skipped, "seconds": _since(t0)}
+        metrics.append(record)
+        bar.set_postfix(_postfix(record), refresh=False)
+        run.window = LossWindow()
+    if cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
+        _log_validation(metrics, validate(parts.model, parts.val_set, parts.objective.rd_loss), done, run.stage, t0)
+
+
+def _finish(cfg: TrainConfig, dd: Distributed, parts: _Parts, metrics: MetricsLog, t0: float, say) -> Path:
+    """The final model: CDF tables updated, validated, saved with its record (written last: its
+    presence marks a finished run)."""
+    out, run, model = Path(cfg.out), parts.run, parts.model
     model.update(force=True)
-    run.stage = run.stage or plan.stage_at(cfg.steps - 1)
-    val = validate(model, val_set, objective.rd_loss) if val_set else None
+    run.stage = run.stage or parts.plan.stage_at(cfg.steps - 1)
+    val = validate(model, parts.val_set, parts.objective.rd_loss) if parts.val_set else None
     if dd.is_main and val is not None:
         _log_validation(metrics, val, cfg.steps, run.stage, t0)
     run.step, run.seconds = cfg.steps, _since(t0)
     state = run.capture()
     if dd.is_main:
         save_state(state, out / STATE_FILE)  # kept, so that a run can be extended by hand
-        record = training_record(cfg, dd, teacher, seconds=run.seconds, skipped=run.skipped, val=val,
+        record = training_record(cfg, dd, parts.teacher, seconds=run.seconds, skipped=run.skipped, val=val,
                                  rewinds=run.rewinds)
-        save_model(model, out / MODEL_FILE, record)  # written last: its presence marks a finished run
+        save_model(model, out / MODEL_FILE, record)
         say(f"{out / MODEL_FILE}: {cfg.steps} steps in {run.seconds:.0f} s"
             + (f", {run.skipped} skipped" if run.skipped else "")
             + (f"; val {val['psnr']:.2f} dB at {val['bpp']:.3f} bpp" if val else ""))
@@ -255,14 +306,17 @@ def _train(cfg: TrainConfig, dd: Distributed) -> Path:
 
 # --- one step ------------------------------------------------------------------------------------
 def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_out: dict[str, Any] | None,
-               step: int, measure: bool = False, separate_clip: bool = False, stopping: bool = False):
+               step: int, measure: bool = False, separate_clip: bool = False, stopping: bool = False,
+               balance: bool | None = None):
     """One optimiser step of ``run``; returns (loss terms, gradient norms measured or {}, lr used).
 
-    ``measure``: also compute each loss term's gradient norm on the student's weights (one extra
-    backward per term through the same graph); balancing then updates its factors from them.
-    ``separate_clip``: clip L_RD's gradient as the scratch baseline's is clipped, and the
-    distillation terms' gradient on its own, so that distillation never shrinks the RD step.
-    A non-finite loss or gradient skips the update (every rank alike) and counts in ``run.nonfinite``.
+    ``measure``: also compute each loss term's gradient on the student's weights (one backward per
+    term through the same graph) and log their norms; with ``balance`` (default: ``measure``),
+    balancing updates its factors from them. ``separate_clip``: clip L_RD's gradient as the scratch
+    baseline's is clipped, and the distillation terms' gradient on its own, so that distillation
+    never shrinks the RD step; on a measured step it is built from the measured gradients (no further
+    backward). A non-finite loss or gradient skips the update (every rank alike) and counts in
+    ``run.nonfinite``.
     """
     cfg, objective, weights, dd = run.cfg, run.objective, run.weights, run.dd
     run.optimizer.zero_grad(set_to_none=True)
@@ -273,12 +327,17 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
         terms = {**terms, "rd_loss": terms["rd_loss"] * 1e4, "loss": terms["loss"] * 1e4}
 
     grads: dict[str, float] = {}
-    if measure:
-        grads = term_gradient_norms(terms, objective, run.stage, weights.at(step), dd)
-        weights.update(grads)
+    coefficients = weights.at(step)  # the ones this step's kd_loss was summed with
     max_norm = cfg.clip_max_norm if cfg.clip_max_norm > 0 else math.inf  # inf: measure the norm, clip nothing
     params = [p for p in objective.parameters() if p.requires_grad]
-    if separate_clip and terms["kd_loss"].requires_grad:
+    reuse = separate_clip and measure and terms["kd_loss"].requires_grad
+    if measure:
+        grads, per_term = term_gradients(terms, objective, run.stage, coefficients, dd, keep=params if reuse else None)
+        if balance is None or balance:
+            weights.update(grads)
+    if reuse:
+        grad_norm = _clip_and_set(params, *_rd_and_kd_gradients(per_term, coefficients, params), max_norm)
+    elif separate_clip and terms["kd_loss"].requires_grad:
         grad_norm = _separately_clipped_backward(terms["rd_loss"], terms["kd_loss"], params, max_norm)
     else:
         terms["loss"].backward()
@@ -321,17 +380,44 @@ def term_gradient_norms(terms: dict[str, torch.Tensor], objective: TrainingObjec
     """Gradient norms on :func:`student_weights`: ``rd`` (L_RD), each active term unweighted
     (``feat``, ``ent``, ``out``) and as weighted this step (``w_feat`` = its coefficient x norm).
     Averaged over ranks under torchrun, so that balancing gives every rank the same weights."""
+    return term_gradients(terms, objective, stage, coefficients, dd)[0]
+
+
+def term_gradients(terms: dict[str, torch.Tensor], objective: TrainingObjective, stage: Stage,
+                   coefficients: dict[str, float], dd: Distributed, keep: list[nn.Parameter] | None = None):
+    """(:func:`term_gradient_norms`, {term: gradients on ``keep``} or {}): with ``keep``, each term's
+    gradient is taken on those weights (a superset of the student's) and returned, so that the
+    step's own gradient can be built from them without another backward."""
     params = student_weights(objective)
+    on = keep if keep is not None else params
+    index = {id(p): i for i, p in enumerate(on)}
     names = ["rd"] + objective.active_terms(stage)
-    values = []
+    values, kept = [], {}
     for name in names:
         loss = terms["rd_loss" if name == "rd" else f"{name}_loss"]
-        g = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-        values.append(float(torch.linalg.vector_norm(torch.stack([v.norm() for v in g if v is not None]))))
+        g = torch.autograd.grad(loss, on, retain_graph=True, allow_unused=True)
+        shared = [g[index[id(p)]] for p in params]
+        values.append(float(torch.linalg.vector_norm(torch.stack([v.norm() for v in shared if v is not None]))))
+        if keep is not None:
+            kept[name] = g
     values = dd.mean(values)
     out = dict(zip(names, values))
     out.update({f"w_{n}": coefficients.get(n, 0.0) * out[n] for n in names if n != "rd"})
-    return out
+    return out, kept
+
+
+def _rd_and_kd_gradients(per_term: dict[str, tuple], coefficients: dict[str, float], params: list[nn.Parameter]):
+    """grad L_RD and grad L_kd = sum_t w_t grad L_t, from the measured per-term gradients."""
+    g_rd = per_term["rd"]
+    g_kd: list[torch.Tensor | None] = [None] * len(params)
+    for name, g in per_term.items():
+        if name == "rd":
+            continue
+        w = coefficients.get(name, 0.0)
+        for i, v in enumerate(g):
+            if v is not None:
+                g_kd[i] = w * v if g_kd[i] is None else g_kd[i] + w * v
+    return g_rd, g_kd
 
 
 def _separately_clipped_backward(rd: torch.Tensor, kd: torch.Tensor, params: list[nn.Parameter],
@@ -347,6 +433,11 @@ def _separately_clipped_backward(rd: torch.Tensor, kd: torch.Tensor, params: lis
     whatever its weight, and pulled the students' rate up by 40-100 %.)"""
     g_rd = torch.autograd.grad(rd, params, retain_graph=True, allow_unused=True)
     g_kd = torch.autograd.grad(kd, params, allow_unused=True)
+    return _clip_and_set(params, g_rd, g_kd, max_norm)
+
+
+def _clip_and_set(params: list[nn.Parameter], g_rd, g_kd, max_norm: float) -> torch.Tensor:
+    """Sets ``p.grad`` as :func:`_separately_clipped_backward` says; returns |grad L_RD|."""
     norms = []
     for g in (g_rd, g_kd):
         present = [v for v in g if v is not None]
@@ -360,139 +451,6 @@ def _separately_clipped_backward(rd: torch.Tensor, kd: torch.Tensor, params: lis
         total = (a * scale[0] if a is not None else 0) + (b * scale[1] if b is not None else 0)
         p.grad = total.detach()
     return norms[0]
-
-
-# --- the training state: everything a resumed run needs, captured and restored in one place --------
-@dataclass
-class TrainingState:
-    """The live objects of a run and its counters; :meth:`capture` and :meth:`restore` mirror each other."""
-
-    cfg: TrainConfig
-    objective: TrainingObjective
-    weights: DistillationWeights
-    dd: Distributed
-    optimizer: torch.optim.Optimizer
-    aux_optimizer: torch.optim.Optimizer
-    scheduler: Any
-    step: int = 0
-    stage: Stage | None = None  # the stage of the last step done
-    nonfinite: int = 0
-    skipped: int = 0
-    seconds: float = 0.0
-    stopping: bool = False
-    window: _Window = field(default_factory=lambda: _Window())
-    rewinds: int = 0  # how many times the run went back to its last checkpoint after a divergence
-    lr_scale: float = 1.0  # rewind_lr_factor ** rewinds
-    spiked: bool = False  # the last step was skipped as a spike
-    recent: deque = field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # last steps' L_RD (not saved)
-
-    def is_spike(self, rd: float) -> bool:
-        """L_RD above ``rewind_spike`` x the median of the last steps' (once there are enough of them)."""
-        k = self.cfg.rewind_spike
-        return bool(k) and len(self.recent) >= SPIKE_MIN_STEPS and rd > k * statistics.median(self.recent)
-
-    def diverged(self) -> bool:
-        return bool(self.cfg.rewind_spike) and (self.spiked or self.nonfinite >= REWIND_NONFINITE)
-
-    @classmethod
-    def start(cls, cfg: TrainConfig, objective: TrainingObjective, weights: DistillationWeights, dd: Distributed,
-              saved: dict[str, Any] | None) -> TrainingState:
-        run = cls(cfg, objective, weights, dd, *fresh_optimizers(objective, cfg, Stage(saved["stage"]) if saved else None))
-        if saved:
-            run.restore(saved)
-        return run
-
-    def capture(self) -> dict[str, Any]:
-        """As tensors and plain values (``torch.load(weights_only=True)`` reads it back). A collective
-        under torchrun (every rank's RNG state is gathered), so all ranks call it."""
-        cuda = self.dd.device.type == "cuda"
-        return {
-            "format": STATE_FORMAT,
-            "step": self.step,
-            "stage": self.stage.value if self.stage else None,  # None only before the first step (the caller names it)
-            "nonfinite": self.nonfinite,
-            "skipped": self.skipped,
-            "seconds": self.seconds,
-            "window": {"n": self.window.n, "sums": self.window.sums},
-            "model": self.objective.model.state_dict(),
-            "adapters": {name: m.state_dict() for name, m in self.objective.adapters().items()},
-            "distillation_weights": self.weights.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "aux_optimizer": self.aux_optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": self.dd.gather(torch.get_rng_state()),
-            "cuda_rng": self.dd.gather(torch.cuda.get_rng_state(self.dd.device).cpu()) if cuda else None,
-            "world_size": self.dd.world_size,
-            "config": self.cfg.to_dict(),
-            "rewinds": self.rewinds,
-            "lr_scale": self.lr_scale,
-        }
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.objective.model.load_state_dict(state["model"])
-        for name, module in self.objective.adapters().items():
-            module.load_state_dict(state["adapters"][name])
-        if "distillation_weights" in state:
-            self.weights.load_state_dict(state["distillation_weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
-        self.step, self.stage = state["step"], Stage(state["stage"])
-        _restore_rng(state, self.dd, self.cfg.seed + self.step)
-        self.nonfinite, self.skipped, self.seconds = state["nonfinite"], state["skipped"], state["seconds"]
-        self.rewinds, self.lr_scale = int(state.get("rewinds", 0)), float(state.get("lr_scale", 1.0))
-        self.spiked = False
-        self.recent.clear()
-        self.window = _Window.from_state(state["window"], self.dd.device)  # a log line half-way through its steps
-
-
-# --- optimisers and schedules -----------------------------------------------------------------------
-def fresh_optimizers(objective: TrainingObjective, cfg: TrainConfig, stage: Stage | None):
-    """(optimizer, aux_optimizer, scheduler) as a run in ``stage`` has them before its state is restored
-    into them: fine-tuning has no adapter group. For a new run, a resumed one and a rewind alike."""
-    optimizer, aux_optimizer = configure_optimizers(objective, cfg, adapters=stage is not Stage.FINE_TUNING)
-    return optimizer, aux_optimizer, make_scheduler(optimizer, cfg)
-
-
-def configure_optimizers(objective: TrainingObjective, cfg: TrainConfig, adapters: bool = True):
-    """CompressAI's split: Adam over every parameter except the entropy bottleneck's quantiles
-    (``*.quantiles``), and a second Adam over the quantiles, driven by ``model.aux_loss()``.
-
-    The adapters form their own parameter group (named ``adapters``), so that fine-tuning can drop them.
-    """
-    main = [p for n, p in objective.model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
-    aux = [p for n, p in objective.model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
-    groups = [{"params": main, "name": "model"}]
-    if adapters and objective.adapter_parameters():
-        groups.append({"params": objective.adapter_parameters(), "name": "adapters"})
-    return torch.optim.Adam(groups, lr=cfg.lr), torch.optim.Adam(aux, lr=cfg.aux_lr)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """``onecycle``: torch's OneCycleLR over all steps with peak ``lr`` and ``warmup`` as its
-    ``pct_start`` (its defaults otherwise: cosine, beta1 cycled); ``constant``: None."""
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.steps,
-                                                   pct_start=cfg.warmup)
-    return None
-
-
-def enter_fine_tuning(optimizer: torch.optim.Optimizer, lr_factor: float) -> None:
-    """Stage 3: drop the adapters (group and Adam state) and scale the learning rate by ``lr_factor``.
-
-    Scaling the one-cycle bookkeeping (``initial_lr``/``max_lr``/``min_lr``) as well keeps the
-    schedule's shape: fine-tuning follows the same curve, ``lr_factor`` lower.
-    """
-    for group in optimizer.param_groups:
-        if group.get("name") == "adapters":
-            for p in group["params"]:
-                optimizer.state.pop(p, None)
-    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g.get("name") != "adapters"]
-    for group in optimizer.param_groups:
-        for key in ("lr", "initial_lr", "max_lr", "min_lr"):
-            if key in group:
-                group[key] *= lr_factor
 
 
 def _data_parallel(objective: TrainingObjective, device: torch.device) -> DistributedDataParallel:
@@ -557,19 +515,6 @@ def _log_validation(metrics: MetricsLog, val: dict[str, float], step: int, stage
 
 
 # --- record --------------------------------------------------------------------------------------
-def _restore_rng(state: dict[str, Any], dd: Distributed, fallback_seed: int) -> None:
-    rng, cuda_rng = state.get("rng") or [], state.get("cuda_rng")
-    if len(rng) == dd.world_size:
-        torch.set_rng_state(rng[dd.rank])
-        if cuda_rng and dd.device.type == "cuda":
-            torch.cuda.set_rng_state(cuda_rng[dd.rank], dd.device)
-    else:  # another number of processes than the run that saved it: still deterministic, no longer exact
-        torch.manual_seed(fallback_seed + dd.rank)
-        if dd.is_main:
-            print(f"note: the state was saved by {len(rng)} process(es), this run has {dd.world_size}; "
-                  "the quantisation noise restarts from a fresh seed", file=sys.stderr)
-
-
 def run_kind(cfg: TrainConfig) -> str:
     """teacher | student (FEDS) | scratch (the baseline)."""
     return "scratch" if cfg.role == "student" and cfg.baseline == "scratch" else cfg.role
@@ -605,28 +550,6 @@ def training_record(cfg: TrainConfig, dd: Distributed, teacher: nn.Module | None
 
 
 # --- small helpers -------------------------------------------------------------------------------
-class _Window:
-    """Sums of the loss terms since the last log line (tensors: no device sync until it is written)."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor] = {}
-        self.n = 0
-
-    def add(self, terms: dict[str, torch.Tensor], **extra: torch.Tensor) -> None:
-        for k, v in {**terms, **extra}.items():
-            self.sums[k] = self.sums.get(k, 0) + v.detach()
-        self.n += 1
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], device: torch.device) -> _Window:
-        w = cls()
-        w.n, w.sums = state["n"], {k: v.to(device) for k, v in state["sums"].items()}
-        return w
-
-    def means(self) -> dict[str, float]:
-        return {k: float(v) / self.n for k, v in self.sums.items()} if self.n else {}
-
-
 def _postfix(record: dict[str, Any]) -> dict[str, str]:
     keys = ("loss", "bpp_loss", "mse_loss", "ms_ssim_loss", "feat_loss", "ent_loss", "out_loss")
     out = {k.removesuffix("_loss"): f"{record[k]:.4g}" for k in keys if k in record}

@@ -1,0 +1,194 @@
+"""Re-create a zoo ladder: the long lambdas trained from scratch, the others fine-tuned from a neighbour.
+
+As CompressAI's zoo and most LIC papers train their ladders: one (or a few) lambda trained until its
+validation curve flattens, each other lambda started from the nearest trained one (in log lambda)
+and fine-tuned for fewer steps. Every run is an ordinary ``feds-lab train teacher`` run in its own
+folder (``<runs>/<name>``), in its own process with one thread, several side by side (``jobs``): a
+kill or a reboot loses at most ``ckpt_every`` steps, and the same command resumes every run. A run
+folder that is gone can be seeded from an interim state (``interim``: a folder of ``<name>/state.pt``
+kept where a long run must survive a move to another machine). Finished runs are published into
+the zoo (:func:`feds_lab.zoo.publish`) with the data's sources in their record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import ZOO_DIR, publish, zoo_name
+
+
+@dataclass
+class LadderPlan:
+    """How a ladder is trained (ours: the budget and schedules below were chosen for two CPU cores)."""
+
+    family: str = "cnn"
+    preset: str = "tiny"
+    #: the whole ladder; 0.0035 .. 0.0483 spans about 0.15 to 0.8 bpp on Kodak-like photographs once trained
+    lambdas: tuple[float, ...] = (0.0035, 0.0067, 0.013, 0.025, 0.0483)
+    long: tuple[float, ...] = (0.013, 0.0483)  #: trained from scratch for ``steps``
+    steps: int = 20_000  #: one-cycle over all steps, peak ``lr`` (the preset's batch and crop)
+    lr: float = 2e-3
+    finetune_steps: int = 5_000  #: the others: warm-started from the nearest trained lambda
+    finetune_lr: float = 1e-3
+    data: str | None = None  #: image folder (the built-in photographs when None)
+    split: str = "tune-train"  #: never the reported images (validation on tune-val)
+    val_every: int = 1_000
+    ckpt_every: int = 250
+    runs: str = "runs/zoo"
+    extra: dict[str, Any] = field(default_factory=dict)  #: more TrainConfig values for every run
+
+    def name(self, lmbda: float) -> str:
+        return zoo_name(self.family, self.preset, "teacher", lmbda)
+
+    def source(self, lmbda: float) -> float | None:
+        """The lambda a fine-tuned lambda starts from: the nearest long one (log distance); None for a long one."""
+        if any(math.isclose(lmbda, x) for x in self.long):
+            return None
+        return min(self.long, key=lambda x: abs(math.log(x / lmbda)))
+
+    def config(self, lmbda: float):
+        from ..training.config import TrainConfig
+
+        src = self.source(lmbda)
+        values = dict(role="teacher", family=self.family, preset=self.preset, lmbda=lmbda, data=self.data,
+                      train_split=self.split, threads=1, val_every=self.val_every, ckpt_every=self.ckpt_every,
+                      schedule="onecycle", progress=False, out=str(Path(self.runs) / self.name(lmbda)),
+                      steps=self.steps if src is None else self.finetune_steps,
+                      lr=self.lr if src is None else self.finetune_lr,
+                      warm_start=None if src is None else str(Path(self.runs) / self.name(src) / "model.safetensors"))
+        return TrainConfig(**{**values, **self.extra})
+
+    def waves(self) -> list[list[float]]:
+        """The long lambdas first (side by side), then every fine-tuned one (its source is long)."""
+        rest = [x for x in self.lambdas if self.source(x) is not None]
+        return [list(self.long), rest] if rest else [list(self.long)]
+
+
+def _finished(run: Path) -> bool:
+    return (run / "model.safetensors").is_file()
+
+
+def _progress(run: Path) -> str:
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+    step, val = 0, ""
+    for line in lines[-2000:]:
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        step = max(step, int(m.get("step", 0)))
+        if m.get("kind") == "val" and "psnr" in m:
+            val = f", val {m['psnr']:.2f} dB at {m['bpp']:.3f} bpp (step {m['step']})"
+    return f"step {step}{val}"
+
+
+def seed_from_interim(run: Path, interim: Path | None) -> bool:
+    """A run folder without a state gets the interim one (config, state, metrics), if there is one."""
+    if interim is None or (run / "state.pt").exists() or _finished(run):
+        return False
+    src = interim / run.name
+    if not (src / "state.pt").is_file():
+        return False
+    run.mkdir(parents=True, exist_ok=True)
+    for f in ("config.yaml", "state.pt", "metrics.jsonl"):
+        if (src / f).is_file():
+            shutil.copy2(src / f, run / f)
+    return True
+
+
+def save_interim(plan: LadderPlan, interim: Path) -> list[Path]:
+    """Copy every unfinished run's latest state (with its config and metrics) into ``interim``."""
+    saved = []
+    for lmbda in plan.lambdas:
+        run = Path(plan.runs) / plan.name(lmbda)
+        if (run / "state.pt").is_file() and not _finished(run):
+            dst = interim / run.name
+            dst.mkdir(parents=True, exist_ok=True)
+            for f in ("config.yaml", "state.pt", "metrics.jsonl"):
+                if (run / f).is_file():
+                    shutil.copy2(run / f, dst / f)
+            saved.append(dst)
+    return saved
+
+
+def data_record(data: str | None, split: str) -> dict[str, Any]:
+    """Which photographs trained the model, with their sha256 and the folder's sources and licences."""
+    from ..data import list_images, split_files
+    from . import sha256
+
+    if data is None:
+        return {"folder": "built-in (scikit-image's bundled photographs)", "split": split}
+    files = split_files(list_images(data), split)
+    rec: dict[str, Any] = {"folder": Path(data).name, "split": split,
+                           "images": {Path(f).name: sha256(f) for f in files}}
+    for name in ("SOURCES.md", "LICENSE", "LICENSE.md", "README.md"):
+        if (Path(data) / name).is_file():
+            rec.setdefault("sources", {})[name] = (Path(data) / name).read_text()[:20_000]
+    return rec
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def train_ladder(plan: LadderPlan, jobs: int = 2, interim: str | None = None, zoo_dir: str | None = None,
+                 publish_when_done: bool = True, poll: float | None = None, say=print) -> list[dict[str, Any]]:
+    """Train (or resume) every lambda of ``plan``, ``jobs`` processes at a time; publish each finished run."""
+    interim_dir = Path(interim) if interim else None
+    poll = poll if poll is not None else float(os.environ.get("FEDS_LAB_ZOO_POLL", "60"))
+    published = []
+    started = time.time()
+    for wave in plan.waves():
+        pending = [x for x in wave if not _finished(Path(plan.runs) / plan.name(x))]
+        running: dict[float, subprocess.Popen] = {}
+        while pending or running:
+            while pending and len(running) < jobs:
+                lmbda = pending.pop(0)
+                cfg = plan.config(lmbda).resolved()
+                run = Path(cfg.out)
+                if seed_from_interim(run, interim_dir):
+                    say(f"{run.name}: seeded from the interim state in {interim_dir}")
+                run.parent.mkdir(parents=True, exist_ok=True)
+                yaml_path = run.parent / f"{run.name}.yaml"
+                yaml_path.write_text(cfg.to_yaml())
+                env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                log = open(run.parent / f"{run.name}.log", "a")
+                running[lmbda] = subprocess.Popen(
+                    [sys.executable, "-m", "feds_lab.training.cli", "train", "teacher", "--config", str(yaml_path)],
+                    stdout=log, stderr=subprocess.STDOUT, env=env)
+                say(f"{run.name}: training ({cfg.steps} steps"
+                    + (f", from {Path(cfg.warm_start).parent.name}" if cfg.warm_start else ", from scratch") + ")")
+            time.sleep(poll if running else 0)
+            for lmbda, proc in list(running.items()):
+                run = Path(plan.runs) / plan.name(lmbda)
+                if proc.poll() is None:
+                    say(f"{run.name}: {_progress(run)} ({(time.time() - started) / 60:.0f} min)")
+                    continue
+                del running[lmbda]
+                if proc.returncode != 0 or not _finished(run):
+                    raise RuntimeError(f"{run.name} stopped with exit code {proc.returncode}; see "
+                                       f"{run.parent / (run.name + '.log')}. The same command resumes it.")
+                say(f"{run.name}: finished, {_progress(run)}")
+        if publish_when_done:
+            for lmbda in wave:
+                run = Path(plan.runs) / plan.name(lmbda)
+                extra = {"zoo": {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("runs", "extra")},
+                         "data": data_record(plan.data, plan.split), "commit": _commit()}
+                entry = publish(run / "model.safetensors", zoo_dir or ZOO_DIR, extra)
+                published.append(entry)
+                say(f"published {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}...)")
+    return published

@@ -1,0 +1,142 @@
+"""The teacher zoo: files checked against their manifest before use, models that code, the ladder plan."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from feds_lab import build_model
+from feds_lab.checkpoint import read_record, save_model
+from feds_lab.coding import decode, encode
+from feds_lab.data import builtin_split
+from feds_lab.zoo import ZooError, entries, find, ladder, load, manifest, publish, verified_path
+from feds_lab.zoo.train import LadderPlan, seed_from_interim
+
+
+@pytest.fixture
+def zoo(tmp_path, tiny_checkpoints):
+    """A zoo of one published tiny teacher (untrained weights: the machinery, not the quality)."""
+    ck = tmp_path / "teacher.safetensors"
+    torch.manual_seed(0)
+    save_model(build_model("teacher", "tiny"), ck, {"lmbda": 0.013, "budget": {"steps": 3}})
+    d = tmp_path / "zoo"
+    d.mkdir()
+    entry = publish(ck, d, {"data": {"folder": "test", "split": "tune-train"}, "commit": "abc"})
+    return d, entry
+
+
+def test_a_published_model_is_float16_with_its_record_and_codes_a_photograph(zoo):
+    d, entry = zoo
+    path = verified_path(entry, d)
+    rec = read_record(path)
+    assert rec["storage"] == "float16" and rec["lmbda"] == 0.013 and rec["data"]["split"] == "tune-train"
+    assert entry["name"] == "cnn-tiny-teacher-l0.013" and len(entry["sha256"]) == 64
+    model = load("cnn", "tiny", 0.013, zoo_dir=d)
+    assert next(model.parameters()).dtype == torch.float32
+    x = dict(builtin_split("val"))["coffee"][:, :128, :192].unsqueeze(0).contiguous()
+    r = encode(model, x)
+    assert decode(model, r.data).x_hat.shape == x.shape and r.bpp > 0
+    assert list(ladder("cnn", "tiny", zoo_dir=d)) == [0.013]
+
+
+def test_float16_storage_changes_the_reconstruction_by_float16_rounding_only(zoo, tmp_path):
+    d, _ = zoo
+    torch.manual_seed(0)
+    full = build_model("teacher", "tiny").eval()
+    half = load("cnn", "tiny", 0.013, zoo_dir=d)
+    for (name, a), b in zip(full.named_parameters(), half.parameters()):
+        assert torch.equal(a.detach().half().float(), b.detach()), name
+
+
+@pytest.mark.parametrize("damage", ["one byte", "truncated", "missing"])
+def test_a_changed_zoo_file_is_refused(zoo, damage):
+    d, entry = zoo
+    path = d / entry["file"]
+    data = bytearray(path.read_bytes())
+    if damage == "one byte":
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif damage == "truncated":
+        path.write_bytes(bytes(data[:-100]))
+    else:
+        path.unlink()
+    with pytest.raises(ZooError, match="changed or truncated|missing"):
+        load("cnn", "tiny", 0.013, zoo_dir=d)
+
+
+def test_unknown_lambdas_and_bad_manifests_are_clear_errors(zoo):
+    d, _ = zoo
+    with pytest.raises(ZooError, match=r"no cnn tiny teacher at lambda 0.5 \(it has: 0.013\)"):
+        find("cnn", "tiny", 0.5, zoo_dir=d)
+    (d / "manifest.json").write_text(json.dumps({"format": "feds-lab-zoo/1", "models": [{"name": "x", "file": "../a"}]}))
+    with pytest.raises(ZooError, match="malformed entry"):
+        manifest(d)
+
+
+def test_the_shipped_zoo_verifies_and_its_ladders_are_monotonic():
+    """Every file the package ships matches its manifest; each ladder's validation rate rises with lambda."""
+    shipped = entries()
+    for e in shipped:
+        verified_path(e)
+    for family in {e["family"] for e in shipped}:
+        rows = [e for e in shipped if e["family"] == family]
+        bpp = [e["record"]["val"]["bpp"] for e in rows if e["record"].get("val")]
+        assert bpp == sorted(bpp)
+
+
+def test_build_model_pretrained_reads_the_zoo(zoo, monkeypatch):
+    d, _ = zoo
+    import feds_lab.zoo as z
+
+    monkeypatch.setattr(z, "ZOO_DIR", d)
+    m = build_model("teacher", "tiny", pretrained=0.013)
+    assert m.checkpoint_record["storage"] == "float16"
+    with pytest.raises(ValueError, match="own sizes"):
+        build_model("teacher", "tiny", pretrained=0.013, M=64)
+
+
+def test_the_ladder_plan_fine_tunes_each_lambda_from_its_nearest_long_one(tmp_path):
+    plan = LadderPlan(runs=str(tmp_path))
+    assert plan.waves() == [[0.013, 0.0483], [0.0035, 0.0067, 0.025]]
+    assert plan.source(0.0035) == 0.013 and plan.source(0.025) == 0.013 and plan.source(0.0483) is None
+    cfg = plan.config(0.0067).resolved()
+    assert cfg.steps == plan.finetune_steps and cfg.lr == plan.finetune_lr and cfg.threads == 1
+    assert cfg.warm_start.endswith("cnn-tiny-teacher-l0.013/model.safetensors")
+    assert cfg.train_split == "tune-train" and math.isclose(cfg.lmbda, 0.0067)
+    long = plan.config(0.013).resolved()
+    assert long.warm_start is None and long.steps == plan.steps
+
+
+def test_a_run_folder_that_is_gone_is_seeded_from_the_interim_state(tmp_path):
+    interim = tmp_path / "interim" / "cnn-tiny-teacher-l0.013"
+    interim.mkdir(parents=True)
+    (interim / "state.pt").write_bytes(b"state")
+    (interim / "config.yaml").write_text("role: teacher\n")
+    run = tmp_path / "runs" / "cnn-tiny-teacher-l0.013"
+    assert seed_from_interim(run, tmp_path / "interim")
+    assert (run / "state.pt").read_bytes() == b"state"
+    assert not seed_from_interim(run, tmp_path / "interim")  # a folder with a state keeps its own
+
+
+@pytest.mark.slow
+def test_zoo_train_trains_fine_tunes_and_publishes_a_ladder(tmp_path):
+    """The command as a user runs it, on a budget of a few steps: a long lambda from scratch, a
+    neighbour fine-tuned from it, both published; run again, it has nothing to do."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "feds_lab.cli", "zoo", "train", "--lambdas", "0.013,0.025", "--long", "0.013",
+           "--steps", "4", "--finetune-steps", "3", "--runs", str(tmp_path / "runs"), "--zoo-dir", str(tmp_path / "zoo"),
+           "--jobs", "2"]
+    (tmp_path / "zoo").mkdir()
+    env = {**__import__("os").environ, "FEDS_LAB_ZOO_POLL": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "from cnn-tiny-teacher-l0.013" in p.stderr and "published cnn-tiny-teacher-l0.025.safetensors" in p.stderr
+    got = entries(tmp_path / "zoo")
+    assert [e["lmbda"] for e in got] == [0.013, 0.025]
+    assert got[1]["record"]["budget"]["steps"] == 3 and got[0]["record"]["zoo"]["long"] == [0.013]
+    assert read_record(verified_path(got[1], tmp_path / "zoo"))["warm_start"].endswith("l0.013/model.safetensors")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "training" not in again.stderr
