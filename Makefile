@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make pipeline   # the main job: every notebook, headless, on the built-in tiny default
 #   make test       # the test suite (what .ci/run runs)
+#   make test-fast  # the suite without the tests marked slow: the loop while editing
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test pipeline lab benchmarks busy-machine gpu-check clean
+.PHONY: setup test test-fast pipeline lab benchmarks busy-machine gpu-check clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,11 @@ test: $(STAMP)
 	@bash tools/ensure_chromium.sh
 	$(PY) -m pytest -q
 
+# everything but the tests marked slow (training, notebooks through papermill, a browser): no
+# Chromium needed; `make test` (CI) still runs them all
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 pipeline: $(STAMP)
 	$(VENV)/bin/feds-lab pipeline $(ARGS)
 
@@ -33,8 +39,9 @@ benchmarks: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/coding_overhead.py
 
-# a busy machine (issue 17): the demo's training step beside one busy process, against alone; run it
-# on an otherwise quiet machine (without OMP_NUM_THREADS: each setting sets its own)
+# a busy machine (thread defaults beside another process): the demo's training step beside one busy
+# process, against alone; run it on an otherwise quiet machine (without OMP_NUM_THREADS: each
+# setting sets its own)
 busy-machine: $(STAMP)
 	env -u OMP_NUM_THREADS -u MKL_NUM_THREADS $(PY) benchmarks/busy_machine.py
 

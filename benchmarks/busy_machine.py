@@ -57,7 +57,9 @@ BUSY_LOOP = "while True:\n    pass\n"
 
 def worker(args) -> None:
     """One run in this process: the teacher and student steps; prints one JSON line."""
-    import feds_lab  # noqa: F401  (first: its thread defaults must precede torch)
+    from feds_lab.threads import configure
+
+    configure()  # first: the thread defaults must precede torch
     import torch
 
     from feds_lab.training import TrainConfig, read_metrics, train

@@ -1,5 +1,6 @@
-"""Hostile-input campaign (issue 15): mutated .feds files, crafted checkpoints and run states, in-process
-and through the real CLI; prints counts of clean errors, crashes, hangs, peak memory and lost originals.
+"""Hostile-input campaign (every crafted input must be refused cleanly): mutated .feds files, crafted
+checkpoints and run states, in-process and through the real CLI; prints counts of clean errors,
+crashes, hangs, peak memory and lost originals.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hostile_campaign.py                # 5,000 .feds, 240 checkpoints/states
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/hostile_campaign.py --feds 500 --cli 40   # a quick look
@@ -504,7 +505,7 @@ def run_cli(n: int, mat: dict, work: Path, seed: int) -> list[dict]:
     photo = d / "photo.png"
     shutil.copy(mat["images"][0], photo)
     out = []
-    # file handling: the issue's cases, every one must leave the inputs as they were
+    # file handling: outputs that would replace inputs or existing files; every one must leave the inputs as they were
     shutil.copy(mat["feds"][0], d / "photo.feds")
     guard = [photo, d / "photo.feds", Path(model)]
     fixed = [

@@ -2,10 +2,9 @@
 
 import warnings
 
-from .threads import configure_threads as _configure_threads
-
-# first thing, before anything imports torch: thread defaults that survive a busy machine (threads.py)
-_configure_threads()
+# Importing the package changes nothing in the process's environment: the CPU thread defaults for busy
+# machines are an explicit call, ``feds_lab.threads.configure()``, made by the command-line entry points
+# and the pipeline's notebook kernels (feds_lab/threads.py).
 
 __version__ = "0.1.0"
 

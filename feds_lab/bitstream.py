@@ -60,7 +60,7 @@ class Bitstream:
     def to_bytes(self) -> bytes:
         if not 0 < len(self.streams) < 256:
             raise ValueError("between 1 and 255 streams")
-        shape = json.dumps(_plain(self.shape), separators=(",", ":")).encode()
+        shape = json.dumps(plain_shape(self.shape), separators=(",", ":")).encode()
         if self.version == 1:  # what feds-lab wrote before the digest (kept to test that such files still read)
             out = bytearray(_HEAD_V1.pack(MAGIC, 1, bytes.fromhex(self.fingerprint), self.height, self.width,
                                           len(self.streams)))
@@ -187,12 +187,12 @@ def parse_shape(raw: bytes) -> Any:
     return shape
 
 
-def _plain(obj: Any) -> Any:
+def plain_shape(obj: Any) -> Any:
     """torch.Size / tuples / dicts of them -> JSON-able lists and dicts."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain_shape(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain_shape(v) for v in obj]
     return int(obj)
 
 

@@ -378,7 +378,7 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, A
     return record
 
 
-class _MetaBuild(TorchFunctionMode):
+class MetaBuild(TorchFunctionMode):
     """Build a model on the ``meta`` device: its shapes and dtypes, no memory. CompressAI's layers
     mix in small CPU constants (GDN's pedestal, the bottleneck's quantiles); those are moved to
     ``meta`` where they meet a meta tensor, and ``param.data = meta`` assignments keep the param's device."""
@@ -441,7 +441,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     record = read_record(path)
     role, preset, family, overrides = _model_spec(path, record)
     try:
-        with _MetaBuild():
+        with MetaBuild():
             skeleton = build_model(role, preset=preset, family=family, **overrides)
     except Exception as e:
         raise CheckpointError(f"{path}: the record describes no model this package builds "

@@ -114,7 +114,7 @@ def _cmd_families(args) -> None:
 #: the one-line help ``feds-lab --help`` shows; tests/test_workbench.py checks it is the parser's own).
 MOUNTED = {
     "train": ("feds_lab.training.cli", "add_train_parser", "train a teacher, a FEDS student or the scratch baseline"),
-    "tune": ("feds_lab.training.tune", "add_tune_parser",
+    "tune": ("feds_lab.tune", "add_tune_parser",
              "search the FEDS settings (Optuna) on the validation split, by BD-rate against scratch"),
     "eval": ("feds_lab.evaluation.cli", "add_eval_parser", "rate-distortion of checkpoints with real bitstreams"),
     "anchors": ("feds_lab.evaluation.cli", "add_anchors_parser",
@@ -122,6 +122,7 @@ MOUNTED = {
     "bdrate": ("feds_lab.evaluation.cli", "add_bdrate_parser", "BD-rate and BD-PSNR of results files against an anchor"),
     "pipeline": ("feds_lab.pipeline", "add_pipeline_parser", "run the four notebooks headless, in order (the main job)"),
     "lab": ("feds_lab.pipeline", "add_lab_parser", "open JupyterLab on notebooks/ with the project's own kernel"),
+    "zoo": ("feds_lab.zoo.cli", "add_zoo_parser", "the shipped teacher ladders: list, info, train"),
 }
 
 
@@ -183,7 +184,32 @@ def _mount(sub, command: str | None) -> None:
             sub.add_parser(name, help=help_, add_help=False)
 
 
+def os_error_message(e: OSError) -> str:
+    """An operating-system error in the user's words: what could not be done, with which path, and
+    what to do about it (never Python's ``[Errno N]`` text)."""
+    import errno
+
+    where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    why = (e.strerror or str(e) or type(e).__name__).rstrip(".")
+    why = why[:1].lower() + why[1:] if why[1:2].islower() else why  # "Permission denied" -> "permission denied"
+    hint = {
+        errno.EACCES: "check the permissions of the file and its folder, or choose another path",
+        errno.EPERM: "the system does not allow it there: choose another path, e.g. a folder you own",
+        errno.EROFS: "that file system is read-only: choose another path",
+        errno.ENOSPC: "the disk is full: free some space or choose another disk",
+        errno.EDQUOT: "your disk quota is used up: free some space or choose another disk",
+        errno.ENOENT: "check that the path and its folder exist",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.EISDIR: "the path is a folder; give a file name",
+        errno.ENAMETOOLONG: "use a shorter path",
+    }.get(e.errno)
+    return (f"{where}: {why}" if where else why) + (f"; {hint}" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .threads import configure
+
+    configure()  # first, before any command's module loads torch: thread defaults for busy machines
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv).parse_args(argv)
     try:
@@ -199,6 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("feds-lab: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        if os.environ.get("FEDS_LAB_DEBUG"):
+            raise
+        print("feds-lab: error: not enough memory for this command (a smaller image, or a machine with more "
+              "memory)", file=sys.stderr)
+        return 1
+    except OSError as e:  # an unwritable output folder, a full disk ...: said as the system's reason
+        if os.environ.get("FEDS_LAB_DEBUG"):
+            raise
+        print(f"feds-lab: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
     except Exception as e:  # never a bare traceback for a user; FEDS_LAB_DEBUG=1 shows it
         if os.environ.get("FEDS_LAB_DEBUG"):
             raise

@@ -12,8 +12,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -134,7 +134,9 @@ def encode(model: torch.nn.Module, x: torch.Tensor, path: int = DEFAULT_PATH) ->
     The model must have been ``update()``-d (checkpoints from :mod:`feds_lab.checkpoint` are).
     Non-finite or absurd latents are refused (:class:`CodingError`) before the entropy coder runs.
     ``path`` is how the entropy parameters are computed (:mod:`feds_lab.entropy_path`; the file
-    records it, with the digest of its symbols that the decoder must reproduce).
+    records it, with the digest of its symbols that the decoder must reproduce). On the CPU, the
+    memory the encode needs (:func:`encode_memory`) must be available before it starts: otherwise a
+    :class:`CodingError` says how much it needs and how much there is.
     """
     if x.dim() == 3:
         x = x.unsqueeze(0)
@@ -143,8 +145,16 @@ def encode(model: torch.nn.Module, x: torch.Tensor, path: int = DEFAULT_PATH) ->
     if not bool(torch.isfinite(x).all()):
         raise CodingError("the image holds non-finite values")
     device = next(model.parameters()).device
-    fp = fingerprint(model)
     h, w = x.shape[-2:]
+    hp, wp = h + (-h) % PAD_MULTIPLE, w + (-w) % PAD_MULTIPLE
+    free = _available_memory() if device.type == "cpu" else None
+    if free is not None:  # before any work: an 81-megapixel photograph needs gigabytes
+        need = encode_memory(model, hp, wp)
+        if need > free:
+            raise CodingError(f"coding this {w}x{h} image ({h * w / 1e6:.1f} megapixels) needs about "
+                              f"{need / 2**30:.1f} GiB of memory; {max(free, 0) / 2**30:.1f} GiB are available "
+                              "(code a smaller image, or use a machine with more memory)")
+    fp = fingerprint(model)
     _sync(device)
     t0 = time.perf_counter()
     xp, _ = pad_image(x.to(device))
@@ -155,6 +165,38 @@ def encode(model: torch.nn.Module, x: torch.Tensor, path: int = DEFAULT_PATH) ->
     data = Bitstream(fp, h, w, streams, out["shape"], path, digest.digest()).to_bytes()
     _sync(device)
     return EncodeResult(data, h, w, time.perf_counter() - t0, sum(map(len, streams)))
+
+
+#: Working memory of the encoder's analysis transform, in float32 values per padded pixel, measured
+#: (peak RSS of ``encode`` on one thread, 1-4 megapixels, tiny/small CNN, transformer and CompressAI
+#: models): each stage holds about this many of its own feature maps at once, a convolution stage 4,
+#: a window-attention stage 20 (queries, keys, values, attention rows, the MLP's 4x-wide hidden layer),
+#: plus the image and its padded copy. Against the measurement: from 4 % under (tiny CNN student, 4
+#: megapixels: 96 estimated, 100 bytes per pixel measured) to 1.7x over (CompressAI's tiny mbt2018-mean).
+_CONV_MAPS, _ATTENTION_MAPS, _IMAGE_FLOATS = 4, 20, 8
+_ENCODE_FIXED = 64 << 20  # bytes: the coder's tables, index buffers, the streams
+
+
+def encode_memory(model: torch.nn.Module, hp: int, wp: int) -> int:
+    """Bytes :func:`encode` needs for a padded ``hp`` x ``wp`` image (about: a guide, not a bound).
+
+    From the model's feature widths (``config["feature_channels"]``: ga1..ga3 and y at x/2..x/16;
+    192 channels where unknown) and where it has window attention (the transformer family's
+    ``depths``, the CNN teacher's ``attention`` after x/4): the widest stage per pixel, times the
+    feature maps such a stage holds at once."""
+    cfg = getattr(model, "config", None) or {}
+    channels = dict(cfg.get("feature_channels") or {})
+    depths = cfg.get("depths")
+    floats = 0.0
+    for i, (name, stride) in enumerate((("ga1", 2), ("ga2", 4), ("ga3", 8), ("y", 16))):
+        if isinstance(depths, (list, tuple)) and i < len(depths):
+            attention = bool(depths[i])
+        else:
+            attention = bool(cfg.get("attention")) and i > 0
+        width = channels.get(name, 192)
+        width = width if isinstance(width, (int, float)) else 192
+        floats = max(floats, (_ATTENTION_MAPS if attention else _CONV_MAPS) * width / stride**2)
+    return int(hp * wp * 4 * (floats + _IMAGE_FLOATS)) + _ENCODE_FIXED
 
 
 # --- what a model's streams look like, for any image size ----------------------------------------
@@ -201,7 +243,7 @@ def _layout(model: torch.nn.Module) -> _Layout | None:
     alone, so it is cached per model and architecture (not per weight: training changes those)."""
     import json
 
-    from .bitstream import _plain
+    from .bitstream import plain_shape
 
     fp = json.dumps(getattr(model, "config", {}), sort_keys=True, default=str) + repr(
         [(k, tuple(v.shape)) for k, v in model.state_dict().items() if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table"))])
@@ -219,7 +261,7 @@ def _layout(model: torch.nn.Module) -> _Layout | None:
             for a, b in ((1, 1), (2, 1), (1, 2), (2, 2)):
                 x = torch.full((1, 3, a * PAD_MULTIPLE, b * PAD_MULTIPLE), 0.5, device=device)
                 out = c.compress(x)
-                probes[a, b] = (_plain(out["shape"]), len(out["strings"]))
+                probes[a, b] = (plain_shape(out["shape"]), len(out["strings"]))
                 if (a, b) == (1, 1):
                     per_block = seen.get("y", 0)
     finally:

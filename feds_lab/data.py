@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-from .errors import FedsLabError, ImageReadError
+from .errors import FedsLabError, ImageReadError, one_line
 
 #: Image files read from data folders. GIF is read (frame 1 of an animated one, with a note);
 #: a multi-frame file of any format codes its first frame, and read_image says so.
@@ -68,29 +68,87 @@ class DataError(FedsLabError, ValueError):
 
 
 # --- reading one image --------------------------------------------------------------------------
-def to_rgb_uint8(im: Image.Image, notes: list[str] | None = None, name: str = "image") -> np.ndarray:
+def to_rgb_uint8(im: Image.Image, notes: list[str] | None = None, name: str = "image",
+                 bits: int | None = None) -> np.ndarray:
     """Any Pillow image -> (H, W, 3) uint8 RGB; each conversion is appended to ``notes``.
 
-    16-bit grayscale (``I;16*``, and ``I``, read as 16-bit) is scaled by 255/65535, not clipped as
-    Pillow's ``convert`` would; float images (``F``) are taken to be in [0, 1]. Alpha is dropped
-    (the colour under transparent pixels is kept: it is what an RGB codec codes), palettes are
-    expanded, grayscale is repeated over the three channels. Pillow itself reads 16-bit RGB(A) PNGs
-    as 8-bit.
+    16-bit grayscale (``I;16*``) is scaled by 255/65535, not clipped as Pillow's ``convert`` would.
+    32-bit integer (``I``) and float (``F``) grayscale are read by their actual range
+    (:func:`_gray_by_range`): ``I`` from a file of at most 16 bits per sample (``bits``; Pillow reads
+    16-bit PGMs as ``I``) as 16-bit; float data in [0, 1] as [0, 1], up to 255 as 0..255, beyond
+    that scaled by its maximum; integer data up to 255 as 8-bit levels, up to 65535 as 16-bit, beyond
+    that scaled by its maximum. Non-finite values, or negative values in more than 1 % of the
+    pixels, are refused (``ValueError``) rather than guessed. Alpha is dropped (the colour under
+    transparent pixels is kept: it is what an RGB codec codes), palettes are expanded, grayscale is
+    repeated over the three channels. Pillow itself reads 16-bit RGB(A) PNGs as 8-bit.
     """
     mode = im.mode
-    if mode != "RGB" and notes is not None:
-        what = {"I;16": "16-bit grayscale, scaled to 8 bits", "I": "32-bit integer grayscale, read as 16-bit",
-                "F": "float grayscale, read as [0, 1]"}.get(mode.split("B")[0].split("L")[0] if mode.startswith("I;16") else mode)
-        if what is None:
-            what = "alpha dropped" if "A" in mode or "transparency" in im.info else "converted"
-        notes.append(f"{name}: {mode} image converted to 8-bit RGB ({what})")
-    if mode.startswith("I;16") or mode == "I":
+    if mode.startswith("I;16"):
         gray = np.round(np.clip(np.asarray(im, dtype=np.float64), 0, 65535) / 257.0)
-    elif mode == "F":
-        gray = np.round(np.clip(np.asarray(im, dtype=np.float64), 0, 1) * 255.0)
+        what = "16-bit grayscale, scaled to 8 bits"
+    elif mode in ("I", "F"):
+        gray, what = _gray_by_range(np.asarray(im, dtype=np.float64), mode, bits)
     else:
+        if mode != "RGB" and notes is not None:
+            what = "alpha dropped" if "A" in mode or "transparency" in im.info else "converted"
+            notes.append(f"{name}: {mode} image converted to 8-bit RGB ({what})")
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if notes is not None:
+        notes.append(f"{name}: {mode} image converted to 8-bit RGB ({what})")
     return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
+
+
+#: share of pixels below zero that a float or 32-bit integer image may hold (clipped to 0, with a
+#: note); beyond it the image is refused: its range cannot be told
+NEGATIVE_SHARE = 0.01
+
+
+def _gray_by_range(a: np.ndarray, mode: str, bits: int | None) -> tuple[np.ndarray, str]:
+    """A float (``F``) or 32-bit integer (``I``) grayscale array -> (8-bit levels as float, what was done).
+
+    The range is the data's own: a float TIFF holding 0..255 is not clipped to [0, 1] (90 % of such a
+    photograph's pixels would be white), an int32 TIFF is not clipped to 16 bits."""
+    kind = "float" if mode == "F" else "32-bit integer"
+    if a.size == 0:
+        return a, f"{kind} grayscale, empty"
+    if mode == "F" and not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).sum())
+        raise ValueError(f"a float image with {bad} NaN or infinite value(s) out of {a.size}: its range cannot "
+                         "be told; save it as an 8- or 16-bit image")
+    low, top = float(a.min()), float(a.max())
+    shown = (lambda v: f"{v:g}") if mode == "F" else (lambda v: f"{int(v)}")
+    negative = float((a < 0).mean())
+    if negative > NEGATIVE_SHARE:
+        raise ValueError(f"a {kind} image with negative values in {negative:.0%} of its pixels (from {shown(low)} "
+                         f"to {shown(top)}): its range cannot be told; save it as an 8- or 16-bit image")
+    if mode == "I" and (bits is None or bits <= 16) and top <= 65535:
+        scale, what = 65535.0, f"{kind} grayscale from a file of at most 16 bits per sample, read as 16-bit"
+    elif mode == "F" and top <= 1.0 + 0.5 / 255:  # within half an 8-bit level of 1: a [0, 1] image
+        scale, what = 1.0, "float grayscale, read as [0, 1]"
+    elif top <= 255.0:
+        scale = 255.0
+        what = (f"float grayscale with values up to {shown(top)}, read as 0..255" if mode == "F"
+                else f"32-bit integer grayscale with values up to {shown(top)}, read as 8-bit levels")
+    elif mode == "I" and top <= 65535:
+        scale, what = 65535.0, f"32-bit integer grayscale with values up to {shown(top)}, read as 16-bit"
+    else:
+        scale, what = top, f"{kind} grayscale with values up to {shown(top)}, scaled by its maximum"
+    if negative:
+        what += f"; negative values in {negative:.2%} of the pixels set to 0"
+    clipped = float((a > scale).mean()) if mode == "F" and scale == 1.0 else 0.0
+    if clipped:
+        what += f"; values above 1 in {clipped:.2%} of the pixels set to 1"
+    return np.round(np.clip(a, 0, scale) * (255.0 / scale)), what
+
+
+def _bits_per_sample(im: Image.Image) -> int | None:
+    """The file's declared bits per sample where its header says (TIFF), else None."""
+    try:
+        bits = getattr(im, "tag_v2", {}).get(258)
+        bits = bits[0] if isinstance(bits, (tuple, list)) else bits
+        return int(bits) if bits else None
+    except (TypeError, ValueError, AttributeError, IndexError):
+        return None
 
 
 def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor:
@@ -111,8 +169,9 @@ def read_image(path: str | Path, notes: list[str] | None = None) -> torch.Tensor
                 if frames > 1 and notes is not None:
                     kind = "animated GIF" if im.format == "GIF" else f"multi-frame {im.format or 'image'}"
                     notes.append(f"{path}: {kind} with {frames} frames: only frame 1 is read")
+                bits = _bits_per_sample(im)
                 im = ImageOps.exif_transpose(im)
-                arr = to_rgb_uint8(im, notes, name=str(path))
+                arr = to_rgb_uint8(im, notes, name=str(path), bits=bits)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, bomb warnings ...
         raise ImageReadError(f"{path}: cannot read this image ({e})") from None
     return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # a writable copy
@@ -319,6 +378,55 @@ def _relative_name(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
+def check_data_folder(data: str | Path | None, split: str = "all", val_fraction: float = VAL_FRACTION,
+                      what: str = "data") -> list[Path]:
+    """Check, before any work starts, that a data folder can be used: it exists, holds image files,
+    every one of them can be read (the header of each, checked as :class:`ImageFolder` does, and the
+    pixels of the first), and ``split`` of them is not empty. Returns the image files; the built-in
+    sets (``None``, ``"builtin"``, :data:`BUILTIN_EVAL_SET`) need no check and give ``[]``.
+
+    Raises :class:`DataError` naming the folder (``what``: the setting it came from, e.g.
+    ``"eval_data"``) and every unreadable file, so that one pass fixes the folder. Costs one header
+    read per file and one full decode.
+    """
+    if _is_builtin(data) or str(data) == BUILTIN_EVAL_SET:
+        return []
+    root = Path(data)
+    if not root.is_dir():
+        raise DataError(f"{what}: {root} does not exist or is not a folder (give a folder of images, or leave "
+                        f"{what} out for the built-in photographs)")
+    try:
+        files = list_images(root)
+    except DataError as e:
+        raise DataError(f"{what}: {e}") from None
+    bad = []
+    for path in files:
+        try:
+            probe_image(path)
+        except ImageReadError as e:
+            bad.append(f"{_relative_name(path, root)} ({one_line(e.__cause__ or e, 120)})")
+    if len(bad) == len(files):
+        raise DataError(f"{what}: no readable image in {root}: none of its {len(files)} image file(s) can be read, "
+                        f"e.g. {bad[0]}")
+    if not bad:  # every header reads: decode the first image in full, as training will
+        try:
+            read_image(files[0])
+        except ImageReadError as e:
+            bad.append(f"{_relative_name(files[0], root)} ({one_line(e.__cause__ or e, 120)})")
+            if len(files) == 1:
+                raise DataError(f"{what}: no readable image in {root}: {bad[0]}") from None
+    if bad:
+        raise DataError(f"{what}: {len(bad)} of the {len(files)} image files in {root} cannot be read (remove or "
+                        f"fix them): " + "; ".join(bad))
+    try:
+        chosen = split_files(files, split, val_fraction)
+    except DataError as e:
+        raise DataError(f"{what}: {root}: {e}") from None
+    if not chosen:
+        raise DataError(f"{what}: the {split!r} split of {root} holds no image")
+    return files
+
+
 # --- listing and splitting ----------------------------------------------------------------------
 def list_images(root: str | Path) -> list[Path]:
     """Image files under ``root``, recursively, sorted by relative path (``IMAGE_EXTENSIONS``, any case).
@@ -445,7 +553,7 @@ def eval_images(
     return [(_relative_name(p, root), to_float(read_image(p)).unsqueeze(0)) for p in files]
 
 
-# --- the built-in evaluation set (issue 17) -------------------------------------------------------
+# --- the built-in evaluation set (photographs shipped with the installed packages) --------------
 #: The demo's evaluation set: every photograph that ships with the installed packages and that no
 #: built-in training image is a view of (the two ``BUILTIN_VAL`` images, one from matplotlib, three
 #: gray-level ones from scikit-image), so that a bootstrap over images has more than 2 samples

@@ -55,8 +55,14 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[str], object], *
     """Like :func:`atomic_write`, for writers that want a file name (e.g. safetensors' ``save_file``):
     ``write(tmp_name)`` writes the whole file, which is then fsynced, chmodded and renamed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
+    except OSError as e:  # an unwritable folder: name the file the user asked for, not our temporary
+        if e.errno is None:
+            raise
+        why = (e.strerror or os.strerror(e.errno)).rstrip(".")
+        raise OSError(e.errno, f"cannot write it: {why[:1].lower()}{why[1:]}", str(path)) from e
     os.close(fd)
     try:
         write(tmp)

@@ -17,8 +17,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .evaluation.evaluate import METRIC_LABELS, load_results, rd_curve
-from .run_folder import split_curve_variant
+from .evaluation.results import METRIC_LABELS, load_results, rd_curve
 
 #: Names drawn dashed, as classical codecs (CompressAI's plot does the same).
 CLASSICAL = ("JPEG", "WebP", "AVIF", "JPEG2000", "BPG", "VTM", "HM", "AV1")
@@ -119,7 +118,7 @@ def bd_rate_table(
 
     rows: dicts with ``test``, ``anchor``, ``bd_rate`` (%), ``bd_quality`` (dB) and optionally
     ``ci_low``/``ci_high`` (%), ``failed``, ``coverage`` (share of the test curve's quality range the
-    BD figure averages over), ``metric`` (as ``feds_lab.evaluation.rd_analysis.bd_table`` returns them).
+    BD figure averages over), ``metric`` (as ``feds_lab.evaluation.bdrate.bd_table`` returns them).
     """
     names = {"test": "test", "anchor": "anchor", "metric": "metric", "bd_rate": "BD-rate (%)",
              "bd_quality": "BD-quality (dB)", "ci_low": "CI low (%)", "ci_high": "CI high (%)",
@@ -376,7 +375,7 @@ def feature_alignment_by_tap(runs: dict[str, str | Path], title: str = "Feature-
     return fig
 
 
-# --- the balance of the loss terms (issue 13): read before trusting any distillation result ---------
+# --- the balance of the loss terms: read before trusting any distillation result -------------------
 BALANCE_TERMS = (("rd", "L_RD"), ("w_feat", "α·L_feat"), ("w_ent", "β·L_ent"), ("w_out", "γ·L_out"))
 
 
@@ -424,7 +423,7 @@ def loss_balance(runs: dict[str, str | Path], title: str = "Loss balance by stag
 
 
 def tune_figure(summary: dict[str, Any], title: str = "FEDS search on tune-val") -> Figure:
-    """A search (feds_lab.training.tune.summary): left, each trial's BD-rate against scratch and the
+    """A search (feds_lab.tune.summary): left, each trial's BD-rate against scratch and the
     best so far; middle, PSNR gain at matched rate of every trial, pruned ones included; right,
     parameter importances (when the search has enough finished trials)."""
     rows = summary["trials"]
@@ -462,15 +461,16 @@ def tune_figure(summary: dict[str, Any], title: str = "FEDS search on tune-val")
 
 
 def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by budget",
-                   seeds: pd.DataFrame | None = None, student_steps: int | None = None) -> Figure:
+                   pooled: pd.DataFrame | None = None) -> Figure:
     """feds_lab.evaluation.learning_curve.learning_curve_table: BD-rate of FEDS against scratch (95 %
     bootstrap interval) by FEDS's budget, at equal steps (solid) and at equal wall-clock (dashed), each
     point labelled with the scratch budget it was matched to; one colour per FEDS variant when the table
     has several. Below 0, FEDS needs fewer bits than scratch.
 
-    ``seeds``: feds_lab.evaluation.seeds.seed_table; its pooled rows of the curve's variants (``feds``
-    at ``student_steps``, ``feds@600`` at 600) are drawn as red diamonds at their budget, with the
-    interval over seeds and images: the curve's other points are one seed each."""
+    ``pooled``: feds_lab.evaluation.learning_curve.pooled_by_budget, a budget's seeds pooled against
+    scratch's (``variant``, ``steps``, ``bd_rate``, ``ci_low``, ``ci_high``, ``n_test``, ``n_anchor``); the rows
+    of the curve's variants are drawn as red diamonds at their budget, with the interval over seeds and
+    images: the curve's other points are one seed each."""
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
     table = table if "variant" in table.columns else table.assign(variant="feds")
@@ -495,15 +495,11 @@ def learning_curve(table: pd.DataFrame, title: str = "FEDS against scratch by bu
             # one column of text per comparison, so that two at one budget do not print over each other
             ax.annotate(f"{label} ({'wall-clock' if wall else 'steps'})", (r["steps"], 0), textcoords="offset points",
                         xytext=(9 * (k - (len(groups) - 1) / 2), 3), ha="center", fontsize=7, color=colour, rotation=90)
-    pooled = seeds[seeds["comparison"] == "pooled"] if seeds is not None and len(seeds) else pd.DataFrame()
     drawn = False
-    for _, r in pooled.iterrows():
-        base, budget = split_curve_variant(str(r["variant"]))
-        budget = budget or student_steps
-        against_scratch = split_curve_variant(str(r.get("anchor_group", "scratch")))[0] == "scratch"
-        if not against_scratch or base not in set(table["variant"]) or budget is None or not np.isfinite(r["bd_rate"]):
+    for _, r in (pooled if pooled is not None else pd.DataFrame()).iterrows():
+        if r["variant"] not in set(table["variant"]) or not np.isfinite(r["bd_rate"]):
             continue
-        x = budget * 1.03 ** ((len(groups) + 4) / 2)  # beside the one-seed points
+        x = r["steps"] * 1.03 ** ((len(groups) + 4) / 2)  # beside the one-seed points
         ax.errorbar([x], [r["bd_rate"]], yerr=[[r["bd_rate"] - r["ci_low"]], [r["ci_high"] - r["bd_rate"]]], fmt="D",
                     ms=7, capsize=4, color="C3", lw=2, label=None if drawn else "equal steps, seeds pooled")
         ax.annotate(f"{int(r['n_test'])} vs {int(r['n_anchor'])} seeds", (x, r["bd_rate"]), textcoords="offset points",

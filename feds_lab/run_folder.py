@@ -6,16 +6,17 @@ A run folder ``runs/<name>/`` holds everything one pipeline run made::
     state.json               which notebooks completed, with which parameters (for --resume)
     notebooks/NN_*.ipynb     the executed notebooks (run records)
     teacher/l<λ>/            one training run per lambda: config.yaml, metrics.jsonl, state.pt, model.safetensors
-    student/<variant>/l<λ>/  variant "feds", "scratch" (the baseline) and any ablation
+    student/<variant>/l<λ>/  variant "feds", "scratch" (the baseline) and any ablation; a learning curve's
+                             budgets and a variant's other seeds by their names (feds_lab.variants)
     results/                 RD results (CompressAI's JSON format): teacher.json, student_<variant>.json,
                              anchors/<codec>.json; the tables bd_rate.csv and params_speed.csv
     figures/                 every figure the notebooks saved
     report/                  standalone HTML of each notebook and index.html (offline, no server)
 
 The pipeline (``feds_lab.pipeline``), the report (``feds_lab.report``), the notebooks and the RD
-analysis all find their files through :class:`RunLayout`. The file names inside one training run
-belong to the training package (``feds_lab.training.state``) and are read from there, lazily: this
-module imports nothing heavy, so that ``feds-lab --help`` does not load torch.
+analysis all find their files through :class:`RunLayout`, and the trainer names the files of one training
+run from here too (``CONFIG_FILE`` ...). This module imports nothing heavy, so that ``feds-lab --help``
+does not load torch.
 """
 
 from __future__ import annotations
@@ -33,26 +34,6 @@ KEY_FIGURES = (
 )
 
 LEARNING_CURVE_FILE = "learning_curve.csv"
-
-
-def curve_variant(base: str, steps: int) -> str:
-    """The variant name of ``base`` trained for ``steps`` per lambda on a learning curve: ``feds@600``."""
-    return f"{base}@{int(steps)}"
-
-
-def split_curve_variant(name: str) -> tuple[str, int | None]:
-    """``"feds@600"`` -> ``("feds", 600)``; a plain variant -> ``(name, None)`` (its budget is student_steps)."""
-    base, sep, steps = name.rpartition("@")
-    return (base, int(steps)) if sep and steps.isdigit() else (name, None)
-
-
-def seed_variant(base: str, seed: int) -> str:
-    """The variant name of ``base`` trained with another ``seed``: ``feds_s3``; a learning curve's
-    ``feds@600`` gives ``feds_s3@600`` (the seed names the variant, the budget stays its curve's)."""
-    name, steps = split_curve_variant(base)
-    return f"{name}_s{int(seed)}" + ("" if steps is None else f"@{steps}")
-
-
 SEEDS_FILE = "seeds.csv"
 TEACHER_GAP_FILE = "teacher_gap.csv"
 PIPELINE_FILE = "pipeline.yaml"
@@ -67,17 +48,11 @@ REPORT_INDEX = "index.html"
 TUNE_DIR = "tune"  # feds-lab tune: optuna.db, summary.json, best.yaml, tune_search.png, trial-*/
 TUNE_SUMMARY_FILE = "summary.json"
 
-#: The files of one training run (teacher/l<λ>/, student/<variant>/l<λ>/), owned by feds_lab.training.state.
-_TRAINING_RUN_FILES = ("CONFIG_FILE", "METRICS_FILE", "MODEL_FILE", "STATE_FILE")
-
-
-def __getattr__(name: str):
-    # MODEL_FILE & co. from feds_lab.training.state, imported on first use (it loads torch)
-    if name in _TRAINING_RUN_FILES:
-        from .training import state
-
-        return getattr(state, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The files of one training run (teacher/l<λ>/, student/<variant>/l<λ>/; feds_lab.training.state writes them)
+CONFIG_FILE = "config.yaml"  # the resolved TrainConfig (written at the start)
+STATE_FILE = "state.pt"  # the latest training state (torch.save; read back with weights_only=True)
+METRICS_FILE = "metrics.jsonl"  # one JSON object per line
+MODEL_FILE = "model.safetensors"  # the final model and its record; present = finished
 
 
 def lambda_folder(lmbda: float) -> str:
@@ -127,13 +102,9 @@ class RunLayout:
 
     def teacher_model(self, lmbda: float) -> Path:
         """The finished teacher's checkpoint (present once its training completed)."""
-        from .training.state import MODEL_FILE
-
         return self.teacher(lmbda) / MODEL_FILE
 
     def student_model(self, variant: str, lmbda: float) -> Path:
-        from .training.state import MODEL_FILE
-
         return self.student(variant, lmbda) / MODEL_FILE
 
     # --- results -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""CPU thread defaults that survive a busy machine (issue 17).
+"""CPU thread defaults that survive a busy machine (cores that other processes share).
 
 On a shared machine torch's defaults fall apart: it starts one thread per core whether or not
 another process is using that core, so each parallel region waits for the thread whose core is
@@ -9,7 +9,14 @@ busy process, two threads run 2.5-4x slower per step than alone, whatever the sp
 two spinning threads are 1.4-1.7x faster than one thread, and two *passive* threads are no faster than
 one. So the thread count must follow the free cores, and passive waiting only pays where a core is taken.
 
-What :func:`configure_threads` sets, unless the user already did (each is only a default):
+Nothing here runs on ``import feds_lab``: a program that wants these defaults calls :func:`configure`
+(once, before it imports torch). The ``feds-lab`` command does (``feds_lab.cli.main`` and
+``feds_lab.training.cli.main``), and so does each notebook kernel of the pipeline
+(``PipelineConfig.for_notebook``, the first thing every notebook runs); a library user who imports
+feds_lab keeps the process's thread settings as they are unless they call it.
+
+What :func:`configure` (:func:`configure_threads`) sets, unless the user already did (each is only
+a default):
 
 - ``OMP_NUM_THREADS`` = :func:`free_cores`: the cores of this process's affinity mask that are idle
   right now (sampled from ``/proc/stat`` over a tenth of a second), divided among the processes of a
@@ -17,8 +24,9 @@ What :func:`configure_threads` sets, unless the user already did (each is only a
   ``torch.set_num_threads`` gets the same number.
 - ``OMP_WAIT_POLICY=PASSIVE`` where some allowed core is taken (a thread that waits sleeps instead of
   spinning on a core another process needs); on a quiet machine OpenMP's own spinning is left alone.
-  Read by libgomp when it loads, i.e. when torch is imported: so this runs before ``import torch``
-  (``feds_lab/__init__.py`` calls it first thing; the pipeline's notebook kernels choose again).
+  Read by libgomp when it loads, i.e. when torch is imported: so :func:`configure` must run before
+  ``import torch`` to set it (the ``feds-lab`` command calls it first thing; the pipeline's notebook
+  kernels choose again). Called later, it still sets torch's thread count, but not the wait policy.
 - While a run trains, :class:`ThreadGovernor` (called by the trainer) looks again every few seconds
   and lowers the thread count when another process has started on a core, raising it back (never past
   the count chosen at the start) when the core is free again.
@@ -142,11 +150,25 @@ def configure_threads(environ: dict | None = None, sample_s: float = 0.1) -> int
     return n
 
 
+_configured: tuple[int | None] | None = None  # (the count chosen,) once configure() has run
+
+
+def configure(force: bool = False) -> int | None:
+    """The thread defaults for this process (:func:`configure_threads` on ``os.environ``), the explicit
+    call an entry point makes, before it imports torch. Once per process: a later call returns the
+    first call's choice (``force=True`` chooses again). Returns the thread count chosen, or None where
+    the user's own setting (``OMP_NUM_THREADS``, ``FEDS_LAB_THREADS=torch``) stands."""
+    global _configured
+    if _configured is None or force:
+        _configured = (configure_threads(),)
+    return _configured[0]
+
+
 def kernel_environment(threads: int | None = None) -> dict[str, str | None]:
     """What a child process (a notebook kernel) should get (None: unset): either ``threads`` (with
     passive waiting when that leaves cores to others) or marks that let it choose from the load it
-    finds when it starts (its ``import feds_lab`` runs :func:`configure_threads` again). A wait
-    policy the user set stands."""
+    finds when it starts (its :func:`configure` call, made by ``PipelineConfig.for_notebook``, chooses
+    again). A wait policy the user set stands."""
     users_wait = "OMP_WAIT_POLICY" in os.environ and os.environ.get(WAIT_MARK) != "1"
     env: dict[str, str | None] = {}
     if threads:
@@ -155,7 +177,7 @@ def kernel_environment(threads: int | None = None) -> dict[str, str | None]:
             passive = threads < len(allowed_cores())
             env.update(OMP_WAIT_POLICY="PASSIVE" if passive else None, **{WAIT_MARK: "1" if passive else None})
     elif "OMP_NUM_THREADS" not in os.environ or os.environ.get(AUTO_MARK) == os.environ["OMP_NUM_THREADS"]:
-        env[AUTO_MARK] = os.environ.get("OMP_NUM_THREADS", "auto")  # the kernel's feds_lab import chooses again
+        env[AUTO_MARK] = os.environ.get("OMP_NUM_THREADS", "auto")  # the kernel's configure() chooses again
     return env
 
 

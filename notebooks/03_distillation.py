@@ -81,8 +81,9 @@ students
 # %%
 from feds_lab import plots
 
-# the reference first; not the learning curve's ladders (notebook 04 draws those)
-shown = list(dict.fromkeys([cfg.reference, *(v for v in cfg.variants if "@" not in v)]))[:3]
+# the reference first; not the learning curve's other budgets (notebook 04 draws those)
+at_own_budget = [v.name for v in cfg.variant_records().values() if v.budget is None]
+shown = list(dict.fromkeys([cfg.reference, *at_own_budget]))[:3]
 fig = plots.stage_curves({f"{v} λ={l:g}": layout.student(v, l) for v in shown for l in cfg.lambdas},
                          title=f"Student training by stage ({cfg.budget_label('student')})")
 plots.save_figure(fig, layout.figure("distillation_curves.png"))

@@ -179,15 +179,15 @@ ps.round(3)
 # seed figure above; the circles and squares are one seed each.
 
 # %%
-from feds_lab.evaluation.learning_curve import learning_curve_table
+from feds_lab.evaluation.learning_curve import learning_curve_table, pooled_by_budget
 
 if cfg.learning_curve:
     curve_variants = [cfg.reference] + [v for v in cfg.learning_curve if v not in (cfg.reference, "scratch")]
-    curve = learning_curve_table(results, cfg.student_steps, test=curve_variants)
+    curve = learning_curve_table(results, test=curve_variants)
     curve.to_csv(layout.learning_curve, index=False)
     fig = plots.learning_curve(curve, title=f"FEDS vs scratch by budget, {len(images)} held-out images "
                                             f"({cfg.preset} preset)",
-                               seeds=seeds, student_steps=cfg.student_steps)  # budgets with seeds: pooled too
+                               pooled=pooled_by_budget(results, seeds))  # budgets with seeds: pooled too
     plots.save_figure(fig, layout.figure("learning_curve.png"))
     display(fig)
     display(curve.round(3))

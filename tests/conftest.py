@@ -1,7 +1,13 @@
 import os
 
 import pytest
-import torch
+
+from feds_lab.threads import configure
+
+# the thread defaults the feds-lab command sets (import feds_lab sets none), before torch loads
+configure()
+
+import torch  # noqa: E402
 
 # quiet, reproducible test runs; no test may reach a hub
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -198,7 +198,7 @@ def test_bootstrap_from_results_files_with_ms_ssim():
 def test_matched_rate_gap_on_the_teacher_s_front(tmp_path):
     # a teacher whose top lambda folds back (more bits, less quality): no BD figure, but a gap at matched rate
     from feds_lab.evaluation.evaluate import make_results, save_results
-    from feds_lab.evaluation.rd_analysis import matched_rate_gap
+    from feds_lab.evaluation.bdrate import matched_rate_gap
 
     def results(name, points):
         rows = [{"rows": [{"image": f"i{k}", "bpp": b, "psnr-rgb": q + (0.2 if k else -0.2), "ms-ssim-rgb": 0.9}

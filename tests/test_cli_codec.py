@@ -1,4 +1,4 @@
-"""Issue 2: the compress/decompress commands, and every bad file they can meet."""
+"""The codec commands: the compress/decompress commands, and every bad file they can meet."""
 
 import subprocess
 import sys

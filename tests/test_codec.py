@@ -1,4 +1,4 @@
-"""Issue 2: the codecs code for real, at any size, reproducibly, and checkpoints are strict."""
+"""Real coding: the codecs code for real, at any size, reproducibly, and checkpoints are strict."""
 
 import subprocess
 import sys

@@ -131,6 +131,7 @@ def test_both_paths_code_the_same_symbols_on_photographs(tiny_checkpoints):
         assert digests[0] == digests[1]
 
 
+@pytest.mark.slow  # 15 s on two busy cores
 def test_decode_in_a_fresh_process_gives_the_same_image_and_latent(tiny_checkpoints, tmp_path):
     model = load_model(tiny_checkpoints["teacher"])
     x = _photo("chelsea", 128)

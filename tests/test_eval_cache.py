@@ -14,8 +14,8 @@ from feds_lab.errors import FedsLabError
 from feds_lab.checkpoint import load_model, save_model
 from feds_lab.evaluation import cache as cache_mod
 from feds_lab.evaluation.cache import EvalCache, evaluation_settings, resolve_cache
-from feds_lab.evaluation.evaluate import evaluate_checkpoints, load_results
-from feds_lab.evaluation.rd_analysis import evaluate_curve
+from feds_lab.evaluation.curves import evaluate_checkpoints, evaluate_curve
+from feds_lab.evaluation.results import load_results
 from feds_lab.models import build_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:image .* is too small for MS-SSIM")

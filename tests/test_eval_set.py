@@ -1,4 +1,4 @@
-"""Issue 17: the demo evaluates on at least 5 photographs that ship with the installed packages."""
+"""The built-in evaluation set: the demo evaluates on at least 5 photographs that ship with the installed packages."""
 
 import hashlib
 

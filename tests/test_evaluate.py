@@ -12,11 +12,10 @@ from PIL import Image
 from feds_lab import coding
 from feds_lab.checkpoint import load_model, save_model
 from feds_lab.evaluation import cli as eval_cli
-from feds_lab.evaluation.rd_analysis import bd_table
-from feds_lab.evaluation.bdrate import bd_quality, bd_rate
+from feds_lab.evaluation.bdrate import bd_quality, bd_rate, bd_table
+from feds_lab.evaluation.curves import evaluate_checkpoints
 from feds_lab.evaluation.evaluate import (
     ResultsError,
-    evaluate_checkpoints,
     evaluate_model,
     likelihood_bpp,
     load_results,

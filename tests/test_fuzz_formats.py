@@ -1,4 +1,4 @@
-"""Issue 15: Hypothesis fuzzing of the container parser, the record reader, the decoder and the state
+"""Hostile inputs, fuzzed: Hypothesis fuzzing of the container parser, the record reader, the decoder and the state
 reader. Each property: only the package's own error (one line) or a valid result, never another
 exception. Bounded (derandomized, fixed example counts, about a minute in all on two CPU cores);
 benchmarks/hostile_campaign.py runs the long campaign under a memory limit, in worker processes."""

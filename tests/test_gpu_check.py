@@ -1,4 +1,4 @@
-"""Issue 17: the GPU check's CPU fallback (tiny preset, a few steps, gloo) runs end to end in the suite.
+"""The GPU check's CPU fallback (tiny preset, a few steps, gloo) runs end to end in the suite.
 
 The GPU path itself cannot run here (no GPU in CI); this runs every section the same code takes on a
 GPU, on the CPU, and checks that the JSON holds real measurements, not placeholders.
@@ -21,6 +21,7 @@ def gpu_check():
     return module
 
 
+@pytest.mark.slow  # 22 s on two busy cores
 def test_cpu_fallback_writes_every_section(gpu_check, tmp_path, one_thread):
     out = tmp_path / "gpu_check.json"
     rc = gpu_check.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--reps", "1", "--ddp-steps", "2",

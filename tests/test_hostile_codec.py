@@ -1,4 +1,4 @@
-"""Issue 15: hostile inputs to the codec, its files and its checkpoints; the crafted cases as regressions."""
+"""Hostile inputs to the codec, its files and its checkpoints; the crafted cases as regressions."""
 
 from __future__ import annotations
 

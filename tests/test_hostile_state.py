@@ -1,4 +1,4 @@
-"""Issue 15: training states, run folders, pipeline values and the one atomic writer."""
+"""Hostile inputs to training: training states, run folders, pipeline values and the one atomic writer."""
 
 from __future__ import annotations
 

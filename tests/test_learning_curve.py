@@ -1,4 +1,4 @@
-"""Issue 16: learning-curve variants (``feds@600``) and the table that compares FEDS with scratch by
+"""Learning curves: learning-curve variants (``feds@600``) and the table that compares FEDS with scratch by
 budget, at equal steps and at equal wall-clock."""
 
 from __future__ import annotations
@@ -12,12 +12,20 @@ import pytest
 
 from feds_lab.errors import FedsLabError
 from feds_lab.evaluation.evaluate import make_results, save_results
-from feds_lab.evaluation.learning_curve import learning_curve_table
+from feds_lab.evaluation.learning_curve import learning_curve_table, pooled_by_budget
 from feds_lab.evaluation.rd_analysis import RDAnalysis
 from feds_lab.pipeline import PipelineConfig
-from feds_lab.run_folder import split_curve_variant
+from feds_lab.variants import Variant, split_curve_variant
 
 IMAGES = [f"img{i}" for i in range(5)]
+LAMBDAS = [0.0018, 0.0067, 0.025, 0.0483]
+
+
+def _records(tmp_path, **config) -> dict[str, Variant]:
+    """The variant records of a run of ``config``, with its teacher's and JPEG's: an analysis' roles."""
+    cfg = PipelineConfig(runs_dir=str(tmp_path), lambdas=LAMBDAS, **config).resolved()
+    return {**cfg.variant_records(), "teacher": Variant.teacher(cfg.teacher_steps, cfg.seed),
+            "anchor:jpeg": Variant.anchor("jpeg")}
 
 
 def _ladder(name, rate_factor, steps, cost, tmp_path):
@@ -35,9 +43,12 @@ def _ladder(name, rate_factor, steps, cost, tmp_path):
 
 
 def test_curve_variants_expand_from_the_config(tmp_path):
-    cfg = PipelineConfig(name="lc", runs_dir=str(tmp_path), student_steps=300, lambdas=[0.0018, 0.0067, 0.025, 0.0483],
+    cfg = PipelineConfig(name="lc", runs_dir=str(tmp_path), student_steps=300, lambdas=LAMBDAS,
                          learning_curve={"feds": [100, 300], "scratch": [100, 300, 600]}).resolved()
     assert sorted(cfg.variants) == ["feds", "feds@100", "scratch", "scratch@100", "scratch@600"]
+    budget = cfg.variant_records()["scratch@600"]
+    assert (budget.base, budget.budget, budget.steps, budget.kind, budget.replica_of) == ("scratch", 600, 600, "scratch", None)
+    assert (cfg.variant_records()["feds"].steps, cfg.variant_records()["feds"].budget) == (300, None)
     assert cfg.train_config("student", 0.0067, "scratch@600").steps == 600
     assert cfg.train_config("student", 0.0067, "scratch@600").baseline == "scratch"
     # each budget is its own warm-started ladder
@@ -60,8 +71,9 @@ def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
             names[role] = role
     files.append(_ladder("scratch@800", 0.8, 800, 1.0, tmp_path))
     names["scratch@800"] = "scratch@800"
-    table = learning_curve_table(RDAnalysis(files=files, names=names, summary=None, params_speed=None, bootstrap=200),
-                                 student_steps=200)
+    records = _records(tmp_path, student_steps=200, learning_curve={"feds": [100, 400], "scratch": [100, 400, 800]})
+    table = learning_curve_table(RDAnalysis(files=files, names=names, summary=None, params_speed=None, bootstrap=200,
+                                            variants=records))
     same = table[table.comparison == "equal steps"].set_index("steps")
     assert list(same.index) == [100, 200, 400]
     assert same.loc[200, "bd_rate"] == pytest.approx(-10, abs=1.5)
@@ -75,7 +87,7 @@ def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
     # without scratch@800, FEDS at 400 steps has no scratch ladder near its time: no figure, not scratch@400's
     short = [f for f in files if "scratch@800" not in f.name]
     table = learning_curve_table(RDAnalysis(files=short, names={k: v for k, v in names.items() if k != "scratch@800"},
-                                            summary=None, params_speed=None, bootstrap=50), student_steps=200)
+                                            summary=None, params_speed=None, bootstrap=50, variants=records))
     row = table[(table.comparison == "equal wall-clock") & (table.steps == 400)].iloc[0]
     assert math.isnan(row["bd_rate"]) and "within 1.5x" in row["note"]
     from feds_lab.plots import learning_curve
@@ -102,7 +114,11 @@ def test_key_figures_travel_with_their_tables(tmp_path):
 def test_the_reference_variant_is_what_every_other_variant_is_measured_against(tmp_path):
     names = {r: f"student {r}" for r in ("feds", "feds_tuned", "scratch", "no_align", "feds_tuned@100")}
     names.update(teacher="teacher", **{"anchor:jpeg": "JPEG"})
-    pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, reference="feds_tuned").comparisons()
+    records = _records(tmp_path, variants={"feds": {}, "feds_tuned": {}, "scratch": {"baseline": "scratch"},
+                                           "no_align": {"alpha": 0.0}}, learning_curve={"feds_tuned": [100]},
+                       reference="feds_tuned")
+    pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, reference="feds_tuned",
+                       variants=records).comparisons()
     assert ("teacher", "student feds_tuned") in pairs and ("student scratch", "student feds_tuned") in pairs
     # the prior and the ablation against the reference and against scratch; no ladder point (@) in this table
     for other in ("student feds", "student no_align"):
@@ -123,7 +139,9 @@ def test_a_config_adds_its_own_pairs_and_a_variant_its_own_family(tmp_path):
     assert cfg.train_config("student", cfg.lambdas[0], "cnn_feds").family == "cnn"
     assert cfg.train_config("student", cfg.lambdas[0], "feds").family == "transformer"
     names = {r: f"student {r}" for r in variants} | {"teacher": "teacher"}
-    pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, extra=cfg.comparisons).comparisons()
+    records = {**cfg.variant_records(), "teacher": Variant.teacher(cfg.teacher_steps, cfg.seed)}
+    pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, extra=cfg.comparisons,
+                       variants=records).comparisons()
     assert ("student cnn_scratch", "student cnn_feds") in pairs and ("teacher", "student cnn_feds") in pairs
     assert len(pairs) == len(set(pairs))  # a pair the rules already make is not made twice
     for bad, match in (([["cnn_scratch", "cnn_fedz"]], "not variants"), ([["scratch"]], r"\[anchor, test\]")):
@@ -137,8 +155,11 @@ def test_a_table_of_several_feds_variants_keeps_them_apart(tmp_path):
                          ("scratch", 1.0), ("scratch@100", 1.2)):
         files.append(_ladder(role, factor, 100 if "@" in role else 200, 1.0, tmp_path))
         names[role] = role
-    table = learning_curve_table(RDAnalysis(files=files, names=names, summary=None, params_speed=None, bootstrap=50),
-                                 student_steps=200, test=["tuned", "feds"])
+    records = _records(tmp_path, student_steps=200, reference="tuned",
+                       variants={"feds": {}, "tuned": {}, "scratch": {"baseline": "scratch"}, "other": {}},
+                       learning_curve={"feds": [100], "tuned": [100], "scratch": [100]})
+    analysis = RDAnalysis(files=files, names=names, summary=None, params_speed=None, bootstrap=50, variants=records)
+    table = learning_curve_table(analysis, test=["tuned", "feds"])
     assert list(dict.fromkeys(table["variant"])) == ["tuned", "feds"]
     same = table[table.comparison == "equal steps"].set_index(["variant", "steps"])["bd_rate"]
     assert same[("tuned", 200)] == pytest.approx(-10, abs=2) and same[("feds", 200)] == pytest.approx(10, abs=2)
@@ -147,10 +168,14 @@ def test_a_table_of_several_feds_variants_keeps_them_apart(tmp_path):
     labels = [t.get_text() for t in learning_curve(table).axes[0].get_legend().get_texts()]
     assert labels == ["tuned, equal steps", "tuned, equal wall-clock", "feds, equal steps", "feds, equal wall-clock"]
     # the seed table's pooled rows of the curve's variants: one diamond at each budget (tuned at student_steps,
-    # tuned@100 at 100); a variant not on the curve (other) is not drawn
-    seeds = pd.DataFrame([{"variant": v, "comparison": "pooled", "bd_rate": b, "ci_low": b - 5, "ci_high": b + 5,
-                           "n_test": 3, "n_anchor": 3} for v, b in (("tuned", -4.0), ("tuned@100", 2.0), ("other", 9.0))])
-    ax = learning_curve(table, seeds=seeds, student_steps=200).axes[0]
+    # tuned@100 at 100); a variant not on the curve (other) is not drawn, nor a row against another anchor
+    seeds = pd.DataFrame([{"variant": v, "anchor_group": a, "comparison": "pooled", "bd_rate": b, "ci_low": b - 5,
+                           "ci_high": b + 5, "n_test": 3, "n_anchor": 3}
+                          for v, a, b in (("tuned", "scratch", -4.0), ("tuned@100", "scratch@100", 2.0),
+                                          ("other", "scratch", 9.0), ("feds", "tuned", 7.0))])
+    pooled = pooled_by_budget(analysis, seeds)
+    assert list(zip(pooled["variant"], pooled["steps"])) == [("tuned", 200), ("tuned", 100), ("other", 200)]
+    ax = learning_curve(table, pooled=pooled).axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()][-1] == "equal steps, seeds pooled"
     diamonds = [line for line in ax.get_lines() if line.get_marker() == "D"]
     assert sorted(float(line.get_ydata()[0]) for line in diamonds) == [-4.0, 2.0]

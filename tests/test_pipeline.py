@@ -1,4 +1,4 @@
-"""Issue 5: the four notebooks run headless, in order, as one pipeline, and write what they claim."""
+"""The headless pipeline: the four notebooks run in order, as one pipeline, and write what they claim."""
 
 import json
 
@@ -27,6 +27,7 @@ def pipeline_run(tmp_path_factory):
     return cfg, run_dir, logs
 
 
+@pytest.mark.slow
 def test_pipeline_writes_everything(pipeline_run):
     cfg, run, logs = pipeline_run
     for name in NOTEBOOKS:
@@ -67,6 +68,7 @@ def test_pipeline_writes_everything(pipeline_run):
     assert any("finished in" in line for line in logs)
 
 
+@pytest.mark.slow
 def test_resume_skips_completed_notebooks(pipeline_run):
     cfg, run, _ = pipeline_run
     logs: list[str] = []
@@ -74,6 +76,7 @@ def test_resume_skips_completed_notebooks(pipeline_run):
     assert sum("skipped (--resume)" in line for line in logs) == len(NOTEBOOKS)
 
 
+@pytest.mark.slow
 def test_failure_names_the_notebook_and_the_error(tmp_path):
     # notebook 03 trains its teachers (a few steps), then meets the bad student variant
     cfg = tiny(tmp_path, notebooks=["03_distillation"], variants={"feds": {"no_such_field": 1}})
@@ -138,6 +141,7 @@ def test_budget_labels_name_teacher_and_student_budgets_apart(tmp_path):
         apart.budget_label("students")
 
 
+@pytest.mark.slow
 def test_notebook_02_runs_on_a_brought_codec(tmp_path):
     """Notebook 02 (entropy heatmap, real-coded channel ablation, the explorer) on a wrapped CompressAI
     model, trained here for a few steps from random weights: nothing is downloaded."""
@@ -153,7 +157,7 @@ def test_notebook_02_runs_on_a_brought_codec(tmp_path):
 
 
 def test_a_variant_can_distil_another_lambda_s_teacher(tmp_path):
-    # teacher_for (ours, issue 13): a student distils the teacher nearest its rate, not its own lambda's
+    # teacher_for (ours): a student distils the teacher nearest its rate, not its own lambda's
     cfg = tiny(tmp_path, variants={"feds": {}, "matched": {"alpha": 0.01, "teacher_for": {0.025: 0.0067}},
                                    "scratch": {"baseline": "scratch"}}).resolved()
     layout = cfg.layout

@@ -1,4 +1,5 @@
-"""Issue 17: the pipeline says what it is doing while a notebook runs; thread defaults for busy machines."""
+"""Progress reports and busy machines: the pipeline says what it is doing while a notebook runs;
+thread defaults for busy machines."""
 
 import json
 import re
@@ -26,6 +27,7 @@ def teacher_notebook_run(tmp_path_factory):
     return run, logs
 
 
+@pytest.mark.slow
 def test_progress_lines_name_the_cell_the_run_the_step_and_the_time_left(teacher_notebook_run):
     run, logs = teacher_notebook_run
     status = [line for line in logs if line.startswith("[pipeline] 01_teacher_training: ") and " | cell " in line]
@@ -44,6 +46,7 @@ def test_progress_lines_name_the_cell_the_run_the_step_and_the_time_left(teacher
     assert any(re.fullmatch(r"\[pipeline\] 01_teacher_training: done in \d+ (s|min \d\d s)", line) for line in logs)
 
 
+@pytest.mark.slow
 def test_the_executed_notebook_holds_no_progress_bars(teacher_notebook_run):
     run, _ = teacher_notebook_run
     nb = json.loads((run / "notebooks" / "01_teacher_training.ipynb").read_text())
@@ -54,6 +57,7 @@ def test_the_executed_notebook_holds_no_progress_bars(teacher_notebook_run):
     assert len(text) < 20_000
 
 
+@pytest.mark.slow
 def test_progress_lines_do_not_flood(teacher_notebook_run):
     run, logs = teacher_notebook_run
     state = json.loads((run / "state.json").read_text())

@@ -1,4 +1,4 @@
-"""Issue 4: an RD check that can fail. Two tiny codecs trained for real, coded for real.
+"""The rate-distortion check, one that can fail. Two tiny codecs trained for real, coded for real.
 
 A model trained within a test's budget on two CPU cores is far from JPEG (measured: the tiny
 student after 600 steps at 128 px crops reaches 21.6 dB at 0.131 bpp on the held-out photographs,
@@ -28,6 +28,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_training_improves_rd_and_follows_lambda(trained):
     images = eval_images(None, "val")  # held out from training
     low, high = (evaluate_model(trained[l], images)["mean"] for l in (0.0018, 0.0483))

@@ -183,7 +183,7 @@ def test_unreadable_pieces_do_not_stop_the_report(tmp_path):
     assert text.count("not run") == 4  # the unreadable notebook is reported as not run, not a crash
 
 
-# --- offline: formulas as MathML, widgets as static pictures, nothing from the network (issue 17) --
+# --- offline: formulas as MathML, widgets as static pictures, nothing from the network ---------------
 
 def _widget_notebook() -> nbformat.NotebookNode:
     """A notebook with a real ipywidgets tree (its state saved as nbclient saves it) and formulas."""
@@ -234,6 +234,7 @@ def test_notebook_pages_hold_mathml_and_static_widgets_and_no_remote_scripts(tmp
     assert base64.b64decode(img["src"].split(",", 1)[1]) == _png_bytes("purple", (20, 10))
 
 
+@pytest.mark.slow  # drives a browser
 def test_report_renders_math_in_chromium_with_the_network_off(run_dir):
     from browser_helpers import chromium_page
 

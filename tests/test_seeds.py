@@ -1,4 +1,4 @@
-"""Issue 13: a variant trained on several seeds (``seeds``), and the table that pools them against scratch
+"""Seed studies: a variant trained on several seeds (``seeds``), and the table that pools them against scratch
 with a bootstrap over seeds and images."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from feds_lab.evaluation.rd_analysis import RDAnalysis
 from feds_lab.pipeline import PipelineConfig
 
 IMAGES = [f"img{i}" for i in range(5)]
+LAMBDAS = [0.0018, 0.0067, 0.025, 0.0483]
 RATES, PSNRS = np.array([0.1, 0.2, 0.4, 0.8]), np.array([20.0, 22.0, 24.0, 26.0])
 
 
@@ -31,6 +32,10 @@ def test_seeds_expand_into_variants(tmp_path):
     assert run.seed == 2 and run.alpha == 0.01 and "feds_s2" in run.warm_start  # its own ladder
     assert cfg.train_config("student", 0.0067, "scratch_s2").baseline == "scratch"
     assert cfg.seed_groups() == {"feds": {0: "feds", 1: "feds_s1", 2: "feds_s2"}, "scratch": {0: "scratch", 2: "scratch_s2"}}
+    # what the name spells is a field of the variant's record: nothing downstream parses it
+    replica = cfg.variant_records()["feds_s2"]
+    assert (replica.base, replica.seed, replica.replica_of, replica.kind, replica.budget) == ("feds", 2, "feds", "feds", None)
+    assert cfg.variant_records()["scratch_s2"].kind == "scratch" and not replica.primary
     assert cfg.resolved().variants == cfg.variants  # resolving twice changes nothing
     with pytest.raises(FedsLabError, match="not a variant"):
         PipelineConfig(runs_dir=str(tmp_path), seeds={"fedz": [1]}).resolved()
@@ -75,15 +80,23 @@ def _results(name, factor, tmp_path, seed):
     return path
 
 
+def _analysis(files, tmp_path, bootstrap, **config) -> RDAnalysis:
+    """The analysis of a run of ``config`` whose results are ``files`` (one per variant, named as it)."""
+    records = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=LAMBDAS, **config).resolved().variant_records()
+    return RDAnalysis(files=files, names={f.stem: f.stem for f in files if f.stem in records}, summary=None,
+                      params_speed=None, bootstrap=bootstrap, variants=records)
+
+
 def test_seed_table_pairs_each_seed_and_pools(tmp_path):
     from feds_lab.plots import seed_comparison
 
     factors = {"scratch": 1.0, "scratch_s1": 1.0, "scratch_s2": 1.0,
                "feds": 0.8, "feds_s1": 1.1, "feds_s2": 0.9, "no_align": 0.95}
     files = [_results(name, f, tmp_path, k) for k, (name, f) in enumerate(factors.items())]
-    groups = {"scratch": {0: "scratch", 1: "scratch_s1", 2: "scratch_s2"}, "feds": {0: "feds", 1: "feds_s1", 2: "feds_s2"}}
-    analysis = RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=200,
-                          seed_groups=groups)
+    analysis = _analysis(files, tmp_path, 200, variants={"feds": {}, "scratch": {"baseline": "scratch"}, "no_align": {"alpha": 0.0}},
+                         seeds={"scratch": [1, 2], "feds": [1, 2]})
+    assert analysis.seed_groups == {"scratch": {0: "scratch", 1: "scratch_s1", 2: "scratch_s2"},
+                                    "feds": {0: "feds", 1: "feds_s1", 2: "feds_s2"}}
     table = analysis.seed_table()
     per_seed = table[table.comparison != "pooled"].set_index("seed")
     assert list(per_seed.index) == [0, 1, 2]
@@ -103,7 +116,7 @@ def test_seed_table_pairs_each_seed_and_pools(tmp_path):
 
 
 def test_a_learning_curve_budget_takes_seeds(tmp_path):
-    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=[0.0018, 0.0067, 0.025, 0.0483], student_steps=300,
+    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=LAMBDAS, student_steps=300,
                          variants={"feds": {"alpha": 0.01}, "scratch": {"baseline": "scratch"}},
                          learning_curve={"feds": [600], "scratch": [600]},
                          seeds={"feds@600": [1, 2], "scratch@600": [1]}).resolved()
@@ -112,6 +125,8 @@ def test_a_learning_curve_budget_takes_seeds(tmp_path):
     run = cfg.train_config("student", 0.0067, "feds_s2@600")
     assert (run.seed, run.steps, run.alpha) == (2, 600, 0.01) and "feds_s2@600" in run.warm_start
     assert cfg.seed_groups()["feds@600"] == {0: "feds@600", 1: "feds_s1@600", 2: "feds_s2@600"}
+    replica = cfg.variant_records()["feds_s2@600"]
+    assert (replica.base, replica.budget, replica.steps, replica.seed, replica.replica_of) == ("feds", 600, 600, 2, "feds@600")
     assert cfg.resolved().variants == cfg.variants
     with pytest.raises(FedsLabError, match="learning_curve entry"):  # a budget the curve does not train
         PipelineConfig(runs_dir=str(tmp_path), seeds={"feds@600": [1]}).resolved()
@@ -121,10 +136,10 @@ def test_a_budget_s_seeds_are_pooled_against_scratch_at_that_budget(tmp_path):
     factors = {"scratch": 1.0, "scratch_s1": 1.0, "feds": 1.2, "feds_s1": 1.2,
                "scratch@600": 1.0, "scratch_s1@600": 1.0, "feds@600": 0.8, "feds_s1@600": 0.9}
     files = [_results(name, f, tmp_path, k) for k, (name, f) in enumerate(factors.items())]
-    groups = {"scratch": {0: "scratch", 1: "scratch_s1"}, "feds": {0: "feds", 1: "feds_s1"},
-              "scratch@600": {0: "scratch@600", 1: "scratch_s1@600"}, "feds@600": {0: "feds@600", 1: "feds_s1@600"}}
-    analysis = RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=100,
-                          seed_groups=groups)
+    config = dict(variants={"feds": {}, "scratch": {"baseline": "scratch"}}, student_steps=300,
+                  learning_curve={"feds": [600], "scratch": [600]})
+    seeds = {"scratch": [1], "feds": [1], "scratch@600": [1], "feds@600": [1]}
+    analysis = _analysis(files, tmp_path, 100, seeds=seeds, **config)
     table = analysis.seed_table()
     pooled = table[table.comparison == "pooled"].set_index("variant")
     assert sorted(pooled.index) == ["feds", "feds@600"]  # scratch@600 is an anchor, not a variant
@@ -133,9 +148,8 @@ def test_a_budget_s_seeds_are_pooled_against_scratch_at_that_budget(tmp_path):
     budget = table[(table.variant == "feds@600") & (table.comparison != "pooled")]
     assert set(budget["anchor"]) == {"scratch@600", "scratch_s1@600"}  # each seed against scratch's same seed there
     # a budget whose anchor has no seeds there: no rows (nothing to pair it with)
-    del groups["scratch@600"]
-    assert set(RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=50,
-                          seed_groups=groups).seed_table()["variant"]) == {"feds"}
+    del seeds["scratch@600"]
+    assert set(_analysis(files, tmp_path, 50, seeds=seeds, **config).seed_table()["variant"]) == {"feds"}
 
 
 def test_a_variant_of_the_reference_is_pooled_against_it_too(tmp_path):
@@ -146,10 +160,10 @@ def test_a_variant_of_the_reference_is_pooled_against_it_too(tmp_path):
     factors = {"scratch@600": 1.0, "scratch_s1@600": 1.0, "feds@600": 1.2, "feds_s1@600": 1.2,
                "rate@600": 0.9, "rate_s1@600": 0.9, "feds": 1.0, "scratch": 1.0}
     files = [_results(name, f, tmp_path, k) for k, (name, f) in enumerate(factors.items())]
-    groups = {"scratch@600": {0: "scratch@600", 1: "scratch_s1@600"}, "feds@600": {0: "feds@600", 1: "feds_s1@600"},
-              "rate@600": {0: "rate@600", 1: "rate_s1@600"}}
-    analysis = RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None, bootstrap=100,
-                          seed_groups=groups, reference="feds")
+    analysis = _analysis(files, tmp_path, 100, variants={"feds": {}, "scratch": {"baseline": "scratch"}, "rate@600": {}},
+                         student_steps=300, learning_curve={"feds": [600], "scratch": [600]},
+                         seeds={"scratch@600": [1], "feds@600": [1], "rate@600": [1]}, reference="feds")
+    assert analysis.variant("rate_s1@600").base == "rate" and analysis.variant("rate@600").budget == 600
     table = analysis.seed_table()
     pooled = table[table.comparison == "pooled"].set_index(["variant", "anchor_group"])
     assert sorted(pooled.index) == [("feds@600", "scratch@600"), ("rate@600", "feds@600"), ("rate@600", "scratch@600")]

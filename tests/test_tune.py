@@ -10,7 +10,7 @@ import pytest
 
 from feds_lab.data import split_files
 from feds_lab.pipeline import PipelineConfig
-from feds_lab.training.tune import Search, psnr_gain_at_matched_rate, summary, write_summary
+from feds_lab.tune import Search, psnr_gain_at_matched_rate, summary, write_summary
 
 optuna = pytest.importorskip("optuna")
 

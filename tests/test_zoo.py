@@ -85,17 +85,6 @@ def test_the_shipped_zoo_verifies_and_its_ladders_are_monotonic():
         assert bpp == sorted(bpp)
 
 
-def test_build_model_pretrained_reads_the_zoo(zoo, monkeypatch):
-    d, _ = zoo
-    import feds_lab.zoo as z
-
-    monkeypatch.setattr(z, "ZOO_DIR", d)
-    m = build_model("teacher", "tiny", pretrained=0.013)
-    assert m.checkpoint_record["storage"] == "float16"
-    with pytest.raises(ValueError, match="own sizes"):
-        build_model("teacher", "tiny", pretrained=0.013, M=64)
-
-
 def test_the_ladder_plan_fine_tunes_each_lambda_from_its_nearest_long_one(tmp_path):
     plan = LadderPlan(runs=str(tmp_path))
     assert plan.waves() == [[0.013, 0.0483], [0.0035, 0.0067, 0.025]]

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..errors import FedsLabError
 from ..run_folder import anchor_results_name
 from .evaluate import Image as EvalImage
-from .evaluate import ResultsError, make_results, save_results
+from .results import ResultsError, make_results, save_results
 from .metrics import image_quality
 
 

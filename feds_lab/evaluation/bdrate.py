@@ -1,5 +1,8 @@
 """Bjøntegaard deltas between two rate-distortion curves, with a bootstrap over images.
 
+The functions on arrays come first; :func:`bd_table` and :func:`matched_rate_gap` give the same
+figures as table rows for pairs of results files (:mod:`.results`), with their intervals and cautions.
+
 BD-rate: the average difference in log-rate between the test and anchor curves over the quality
 range both cover, as a percentage of the anchor's rate (negative: the test codec needs fewer bits
 for the same quality). BD-quality (BD-PSNR when the quality is PSNR): the average quality
@@ -26,12 +29,13 @@ strictly with rate, or curves whose ranges do not overlap.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
 from ..errors import FedsLabError
+from .results import load_results, paired_per_image, quality_transform, rd_curve
 
 METHODS = ("pchip", "cubic")
 MIN_POINTS = 4
@@ -318,3 +322,97 @@ def bootstrap_bd_pooled(
     rng = np.random.default_rng(seed)
     return _summarise(estimate, lambda: figure(rng.integers(0, n_a, n_a), rng.integers(0, n_t, n_t),
                                                rng.integers(0, n_images, n_images)), n_resamples, confidence)
+
+
+# --- tables: one row per pair of results files ---------------------------------------------------
+
+#: a BD figure computed over less than this share of the test curve's quality range, or an interval
+#: from which more than this share of resamples dropped out, gets a caution in its row's ``note``
+COVERAGE_CAUTION = 0.5
+FAILED_CAUTION = 0.05
+
+
+def bd_table(anchor, tests, metric="psnr", method="pchip", bootstrap=0, confidence=0.95, seed=0,
+             strict: bool = True) -> list[dict[str, Any]]:
+    """One row per test curve: BD-rate (%), BD-quality (dB), and with ``bootstrap`` its interval.
+
+    Each row also says over which quality range the BD-rate was taken (``overlap_low``/``overlap_high``,
+    dB) and which share of the test curve's quality range that is (``coverage``): BD figures average
+    over the overlap only, so two curves that barely overlap give a number about a sliver of either.
+    ``note`` cautions when the coverage is below :data:`COVERAGE_CAUTION` or when more than
+    :data:`FAILED_CAUTION` of the bootstrap resamples had no BD figure (their mean curves were not
+    monotonic or did not overlap; the interval is over the rest, which biases it).
+    With ``strict=False`` a pair that has no BD figure (too few points, no overlap, non-monotonic)
+    gets a row whose ``note`` says why, instead of raising.
+    """
+    anchor = load_results(anchor)
+    a_curve = rd_curve(anchor, metric)
+    rows = []
+    for test in tests:
+        test = load_results(test)
+        t_curve = rd_curve(test, metric)
+        row: dict[str, Any] = {"anchor": anchor["name"], "test": test["name"], "metric": metric, "method": method}
+        try:
+            row.update(bd_rate=bd_rate(*a_curve, *t_curve, method), bd_quality=bd_quality(*a_curve, *t_curve, method))
+            lo, hi = quality_overlap(a_curve[1], t_curve[1])
+            row.update(overlap_low=lo, overlap_high=hi, coverage=(hi - lo) / np.ptp(t_curve[1]))
+            cautions = []
+            if row["coverage"] < COVERAGE_CAUTION:
+                cautions.append(f"over {row['coverage']:.0%} of the test curve's quality range only "
+                                f"({lo:.2f}-{hi:.2f} dB)")
+            if bootstrap:
+                _, ra, qa, rt, qt = paired_per_image(anchor, test, metric)
+                result = bootstrap_bd(ra, qa, rt, qt, method=method, quality_transform=quality_transform(metric),
+                                      n_resamples=bootstrap, confidence=confidence, seed=seed)
+                row.update({"ci_low": result.low, "ci_high": result.high, "resamples": result.n_resamples,
+                            "failed": result.n_failed, "confidence": confidence})
+                if result.n_failed > FAILED_CAUTION * result.n_resamples:
+                    cautions.append(f"interval from {result.n_resamples - result.n_failed} of {result.n_resamples} "
+                                    "resamples (the others had no BD figure)")
+            row["note"] = "; ".join(cautions)
+        except BDRateError as err:  # say which pair of curves
+            if strict:
+                raise BDRateError(f"{test['name']} against {anchor['name']}: {err}") from None
+            row.update(bd_rate=np.nan, bd_quality=np.nan, note=f"not computable: {err}")
+        rows.append(row)
+    return rows
+
+
+def matched_rate_gap(anchor, test, metric: str = "psnr", bootstrap: int = 0, confidence: float = 0.95,
+                     seed: int = 0) -> dict[str, Any]:
+    """The test curve's quality minus the anchor's at the same rate (dB), averaged over the test's points
+    that lie inside the rate range of the anchor's Pareto front (none extrapolated), with a bootstrap
+    over images (the points compared stay those of the full data).
+
+    Where no BD figure exists because the anchor's curve folds back (a teacher whose top lambda is beaten
+    by the one below it), this still says how far a student lies from it. Ours, not the paper's measure."""
+    anchor, test = load_results(anchor), load_results(test)
+    a_curve, t_curve = rd_curve(anchor, metric), rd_curve(test, metric)
+    lambdas = [s.get("lmbda") for s in test.get("settings") or [{}] * len(t_curve[0])]
+    row: dict[str, Any] = {"anchor": anchor["name"], "test": test["name"], "metric": metric}
+    front = pareto_front(*a_curve)[0]
+    inside = (t_curve[0] >= front.min()) & (t_curve[0] <= front.max()) if front.size >= 2 else np.zeros(len(t_curve[0]), bool)
+    row.update(points=int(inside.sum()), of=int(inside.size),
+               anchor_front=f"{front.size} of {len(a_curve[0])} points, {front.min():.3f}-{front.max():.3f} bpp")
+    if not inside.any():
+        row.update(gap_db=np.nan, note="not computable: no test point lies in the rate range of the anchor's front"
+                   if front.size >= 2 else "not computable: the anchor's front has fewer than two points")
+        return row
+    gaps = t_curve[1][inside] - quality_at_rate(a_curve, t_curve[0][inside])
+    row.update(gap_db=float(gaps.mean()),
+               per_lambda=", ".join(f"{l:g}: {g:+.2f}" if l is not None else f"{g:+.2f}"
+                                    for l, g in zip(np.asarray(lambdas, dtype=object)[inside], gaps)),
+               note="" if inside.all() else f"{int((~inside).sum())} point(s) outside the anchor's rate range left out")
+    if bootstrap:
+        transform = quality_transform(metric)
+        _, ra, qa, rt, qt = paired_per_image(anchor, test, metric)  # points in rd_curve's order (by rate)
+
+        def figure(rows: np.ndarray) -> float:
+            a = ra[rows].mean(0), transform(qa[rows].mean(0))
+            t_rate, t_quality = rt[rows].mean(0)[inside], transform(qt[rows].mean(0))[inside]
+            return float(np.mean(t_quality - quality_at_rate(a, t_rate)))
+
+        rng = np.random.default_rng(seed)
+        result = _summarise(row["gap_db"], lambda: figure(rng.integers(0, ra.shape[0], ra.shape[0])), bootstrap, confidence)
+        row.update(ci_low=result.low, ci_high=result.high, resamples=result.n_resamples, confidence=confidence)
+    return row

@@ -29,8 +29,8 @@ JSON only. Nothing is ever removed: an entry that no checkpoint matches any more
 Where (:func:`resolve_cache`): the ``cache`` argument (a folder, ``"off"``, or an :class:`EvalCache`);
 else the environment variable ``FEDS_LAB_EVAL_CACHE`` (``off`` or a folder); else the caller's default:
 ``<runs_dir>/.eval-cache`` for notebook 04 (``PipelineConfig.eval_cache``), off for ``feds-lab eval``
-(``--cache``) and for :func:`~feds_lab.evaluation.evaluate.evaluate_checkpoints` and
-:func:`~feds_lab.evaluation.rd_analysis.evaluate_curve` called without one.
+(``--cache``) and for :func:`~feds_lab.evaluation.curves.evaluate_checkpoints` and
+:func:`~feds_lab.evaluation.curves.evaluate_curve` called without one.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ import torch
 from .. import checkpoint
 from ..errors import FedsLabError, one_line
 from ..io import atomic_write
+from .evaluate import evaluate_model
 
 #: The environment variable: ``off`` or a folder; it wins over a caller's default, not over an argument.
 ENV = "FEDS_LAB_EVAL_CACHE"
@@ -290,8 +291,6 @@ class EvalCache:
         return parts, before, record
 
     def _point(self, path: Path, images, digests, device, name, progress, warmup) -> PointResult:
-        from .evaluate import evaluate_model
-
         parts = None
         if self.enabled:
             try:

@@ -113,7 +113,8 @@ def add_eval_parser(subparsers) -> None:
 @_user_errors("eval")
 def _cmd_eval(args) -> None:
     from .cache import resolve_cache
-    from .evaluate import evaluate_checkpoints, save_results
+    from .curves import evaluate_checkpoints
+    from .results import save_results
 
     images = _images(args.data)
     cache = resolve_cache(getattr(args, "cache", None))
@@ -192,7 +193,7 @@ def add_bdrate_parser(subparsers) -> None:
 
 @_user_errors("bdrate")
 def _cmd_bdrate(args) -> None:
-    from .rd_analysis import bd_table
+    from .bdrate import bd_table
 
     if args.bootstrap < 0:
         raise ValueError("--bootstrap must be >= 0")

@@ -1,10 +1,11 @@
-"""Learning curves (issue 16): FEDS against scratch as the student trains longer, at equal steps and at
+"""Learning curves: FEDS against scratch as the student trains longer, at equal steps and at
 equal wall-clock.
 
 A pipeline with ``learning_curve: {feds: [...], scratch: [...]}`` trains each listed variant at each
-budget (variants ``feds@600`` ...; ``feds`` itself is the ``student_steps`` budget). Each row here is
-one BD-rate of a FEDS ladder against a scratch ladder on the evaluation images, with its bootstrap
-interval:
+budget (variants ``feds@600`` ...; ``feds`` itself is the ``student_steps`` budget): one ladder of
+curves, each at its budget (its :class:`~feds_lab.variants.Variant`'s ``base`` and ``steps``). Each row
+here is one BD-rate of a FEDS ladder against a scratch ladder on the evaluation images, with its
+bootstrap interval:
 
 - ``equal steps``: FEDS at B steps per lambda against scratch at B;
 - ``equal wall-clock``: FEDS at B against the scratch ladder whose training took the wall-clock time
@@ -28,21 +29,22 @@ from typing import Any
 
 import pandas as pd
 
-from ..run_folder import split_curve_variant
+from .bdrate import bd_table
+from .results import load_results
 
 
 #: an equal wall-clock row needs a scratch ladder whose time is within this factor of FEDS's
 WALL_CLOCK_TOLERANCE = 1.5
 
 
-def ladders(names: dict[str, str], student_steps: int) -> dict[str, dict[int, str]]:
-    """{base variant: {steps: curve name}} of every variant in an analysis' ``names`` (role -> curve name)."""
+def ladders(analysis) -> dict[str, dict[int, str]]:
+    """{ladder: {steps: curve name}} of the students an analysis evaluated (on their own seeds: another
+    seed is the seed table's), each at its training steps per lambda: ``{"feds": {300: ..., 600: ...}}``."""
     out: dict[str, dict[int, str]] = {}
-    for role, curve in names.items():
-        if role == "teacher" or role.startswith("anchor:"):
-            continue
-        base, steps = split_curve_variant(role)
-        out.setdefault(base, {})[steps or student_steps] = curve
+    for role, curve in analysis.names.items():
+        v = analysis.variant(role)
+        if v.is_student and v.replica_of is None:
+            out.setdefault(v.base, {})[v.steps] = curve
     return out
 
 
@@ -57,17 +59,15 @@ def step_costs(records: dict[str, Any]) -> tuple[list[float], int]:
     return costs, steps
 
 
-def learning_curve_table(analysis, student_steps: int, test: str | Sequence[str] = "feds", anchor: str = "scratch",
+def learning_curve_table(analysis, test: str | Sequence[str] = "feds", anchor: str = "scratch",
                          metric: str = "psnr") -> pd.DataFrame:
     """One row per (FEDS variant, comparison, budget): BD-rate (%) of ``test`` against ``anchor``, its
-    interval and both times. ``test``: one variant, or several (e.g. the tuned FEDS and the search's
-    prior), each with its own rows (column ``variant``)."""
-    from .evaluate import load_results
-    from .rd_analysis import bd_table
-
+    interval and both times. ``analysis``: an :class:`~feds_lab.evaluation.rd_analysis.RDAnalysis`;
+    ``test``: one variant, or several (e.g. the tuned FEDS and the search's prior), each with its own
+    rows (column ``variant``)."""
     tests = [test] if isinstance(test, str) else list(test)
     by_name = {load_results(f)["name"]: f for f in analysis.files}
-    lad = ladders(analysis.names, student_steps)
+    lad = ladders(analysis)
     missing = [v for v in (*tests, anchor) if v not in lad]
     if missing:
         raise ValueError(f"a learning curve needs the variants {missing}; the run has {sorted(lad)}")
@@ -104,3 +104,20 @@ def learning_curve_table(analysis, student_steps: int, test: str | Sequence[str]
                                note=r.get("note", ""), test=r["test"], anchor=r["anchor"])
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def pooled_by_budget(analysis, seeds: pd.DataFrame, anchor: str = "scratch") -> pd.DataFrame:
+    """The pooled rows of a seed table (:func:`~feds_lab.evaluation.seeds.seed_table`) against ``anchor``'s
+    seeds, placed on the learning curve: ``variant`` (the ladder), ``steps`` (its budget), the pooled
+    BD-rate with its interval and the seed counts (what :func:`feds_lab.plots.learning_curve` draws
+    beside the one-seed points)."""
+    columns = ["variant", "steps", "bd_rate", "ci_low", "ci_high", "n_test", "n_anchor"]
+    if seeds is None or not len(seeds):
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for _, r in seeds[seeds["comparison"] == "pooled"].iterrows():
+        if analysis.variant(r["anchor_group"]).base != anchor:
+            continue
+        v = analysis.variant(r["variant"])
+        rows.append({"variant": v.base, "steps": v.steps, **{k: r[k] for k in columns[2:]}})
+    return pd.DataFrame(rows, columns=columns)

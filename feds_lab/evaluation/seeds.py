@@ -1,4 +1,4 @@
-"""Seeds (issue 13): does a variant beat scratch across training seeds, not on one draw?
+"""Seed studies: does a variant beat scratch across training seeds, not on one draw?
 
 At short budgets two scratch students that differ only in their seed (initial weights, crops,
 quantisation noise) can lie 20 % apart in BD-rate: far more than the bootstrap over images says of
@@ -24,18 +24,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..run_folder import curve_variant, split_curve_variant
-from .bdrate import BDRateError, bootstrap_bd_pooled
-from .evaluate import _quality_transform, load_results, paired_per_image
-from .rd_analysis import bd_table
+from ..variants import at_budget
+from .bdrate import BDRateError, bd_table, bootstrap_bd_pooled
+from .results import load_results, paired_per_image, quality_transform
 
 
 def seed_table(analysis, groups: dict[str, dict[int, str]], anchor: str = "scratch", metric: str = "psnr",
                bootstrap: int | None = None, confidence: float = 0.95) -> pd.DataFrame:
     """One ``pooled`` row and one row per shared seed for every group of ``groups`` but ``anchor``.
 
-    ``analysis``: an :class:`~feds_lab.evaluation.rd_analysis.RDAnalysis` (its results files and its
-    role -> curve name mapping); ``groups``: {variant: {seed: role}} (PipelineConfig.seed_groups()).
+    ``analysis``: an :class:`~feds_lab.evaluation.rd_analysis.RDAnalysis` (its results files, its
+    role -> curve name mapping and its variant records); ``groups``: {variant: {seed: role}}
+    (:attr:`~feds_lab.evaluation.rd_analysis.RDAnalysis.seed_groups`, or some of them).
     A variant or an anchor with one seed still gets its rows (the pooled interval is then over images
     alone for that arm, and the row's ``note`` says so). A learning curve's budget (``feds@600``) is
     compared with the anchor's seeds at the same budget (``scratch@600``), when it has them.
@@ -50,11 +50,11 @@ def seed_table(analysis, groups: dict[str, dict[int, str]], anchor: str = "scrat
 
     rows: list[dict[str, Any]] = []
     for variant, seeds in groups.items():
-        base, steps = split_curve_variant(variant)
-        if base == anchor:
+        record = analysis.variant(variant)
+        if record.base == anchor:
             continue
         # a learning curve's budget against the anchor's seeds at that budget (feds@600 vs scratch@600)
-        anchor_group = anchor if steps is None else curve_variant(anchor, steps)
+        anchor_group = at_budget(analysis.variants, anchor, record.budget)
         if anchor_group not in groups:
             continue
         anchor_seeds = groups[anchor_group]
@@ -93,10 +93,10 @@ def _pooled_row(variant, anchor, seeds, anchor_seeds, path, metric, n_boot, conf
     if len(finite) < len(per_seed):
         cautions.append(f"{len(per_seed) - len(finite)} seed pair(s) not computable")
     try:
-        result = bootstrap_bd_pooled(runs["anchor"], runs["test"], quality_transform=_quality_transform(metric),
+        result = bootstrap_bd_pooled(runs["anchor"], runs["test"], quality_transform=quality_transform(metric),
                                      n_resamples=n_boot, confidence=confidence)
         quality = bootstrap_bd_pooled(runs["anchor"], runs["test"], statistic="quality",
-                                      quality_transform=_quality_transform(metric), n_resamples=1)
+                                      quality_transform=quality_transform(metric), n_resamples=1)
         row.update(bd_rate=result.estimate, ci_low=result.low, ci_high=result.high, bd_quality=quality.estimate,
                    resamples=result.n_resamples, failed=result.n_failed, confidence=confidence)
         if result.n_failed > 0.05 * result.n_resamples:

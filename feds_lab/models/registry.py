@@ -63,20 +63,13 @@ def list_families() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def build_model(role: str = "student", preset: str = "tiny", family: str = "cnn", pretrained: float | None = None,
-                **overrides):
-    """Build a codec from a named preset. ``overrides`` replace preset sizes (e.g. ``M=64``).
-    ``pretrained=lambda`` loads the zoo's trained model instead (:mod:`feds_lab.zoo`; never downloaded).
+def build_model(role: str = "student", preset: str = "tiny", family: str = "cnn", **overrides):
+    """Build a codec from a named preset. ``overrides`` replace preset sizes (e.g. ``M=64``). Trained
+    teachers come from the zoo instead (``feds_lab.zoo.load(family, preset, lmbda)``).
 
     >>> teacher = build_model("teacher", preset="tiny")
     >>> student = build_model("student", preset="tiny", entropy_model="hyperprior")
     """
-    if pretrained is not None:
-        if overrides:
-            raise ValueError(f"a pretrained zoo model has its own sizes; drop {sorted(overrides)}")
-        from ..zoo import load
-
-        return load(family, preset, float(pretrained), role=role)
     _load_families()
     if family not in _FAMILIES:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")

@@ -4,7 +4,7 @@
 
     feds-lab train teacher --preset tiny --lmbda 0.0067 --out runs/teacher
     feds-lab train student --teacher runs/teacher/model.safetensors --set alpha=0.5 --set weighting=topk
-    feds-lab train student --baseline scratch --config configs/student_tiny.yaml
+    feds-lab train student --baseline scratch --config configs/student.yaml
     torchrun --nproc_per_node 2 -m feds_lab.training.cli train teacher --preset small   # data-parallel
 
 Precedence: config defaults (budget from the preset) < ``--config`` < flags < ``--set``. A run folder
@@ -97,6 +97,9 @@ def run_train(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``python -m feds_lab.training.cli train ...``: the same command without the rest of ``feds-lab``
     (what tests and ``torchrun -m`` call)."""
+    from ..threads import configure
+
+    configure()
     parser = argparse.ArgumentParser(prog="feds-lab")
     add_train_parser(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, TrainingStateError, one_line
+from ..run_folder import CONFIG_FILE, METRICS_FILE, MODEL_FILE, STATE_FILE
 
 if typing.TYPE_CHECKING:
     from .config import TrainConfig
@@ -41,10 +42,6 @@ if typing.TYPE_CHECKING:
     from .stages import DistillationWeights, Stage, TrainingObjective
 from ..io import atomic_write, stale_temporaries
 
-CONFIG_FILE = "config.yaml"
-STATE_FILE = "state.pt"
-METRICS_FILE = "metrics.jsonl"
-MODEL_FILE = "model.safetensors"
 RUN_FILES = (CONFIG_FILE, STATE_FILE, METRICS_FILE, MODEL_FILE)
 
 
@@ -215,13 +212,13 @@ def _check_tensors(state: dict[str, Any], bad) -> None:
 
 
 def _check_model(model_state: dict[str, Any], cfg, bad) -> None:
-    from ..checkpoint import _MetaBuild, check_compatible
+    from ..checkpoint import MetaBuild, check_compatible
     from ..models import build_model
 
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model_state.items()):
         raise bad("its model weights are not a dict of tensors")
     try:
-        with _MetaBuild():
+        with MetaBuild():
             skeleton = build_model(cfg.role, preset=cfg.preset, family=cfg.family, **(cfg.model or {}))
     except Exception as e:
         raise bad(f"its config describes no model this package builds ({one_line(e)})") from None

@@ -15,7 +15,7 @@ Loading checks the file's sha256 against the manifest before a byte of it is use
 truncated or missing file is refused with one line. Nothing is ever downloaded::
 
     from feds_lab.zoo import load, ladder
-    teacher = load("cnn", "tiny", 0.013)              # or build_model("teacher", "tiny", pretrained=0.013)
+    teacher = load("cnn", "tiny", 0.013)              # verified, loaded, ready to code
     for lmbda, path in ladder("cnn", "tiny").items(): ...
 
 ``feds-lab zoo list | info NAME | train ...`` (:mod:`feds_lab.zoo.cli`) lists, describes and re-creates

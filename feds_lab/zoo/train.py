@@ -168,7 +168,7 @@ def train_ladder(plan: LadderPlan, jobs: int = 2, interim: str | None = None, zo
                 env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
                 log = open(run.parent / f"{run.name}.log", "a")
                 running[lmbda] = subprocess.Popen(
-                    [sys.executable, "-m", "feds_lab.training.cli", "train", "teacher", "--config", str(yaml_path)],
+                    [sys.executable, "-m", "feds_lab.cli", "train", "teacher", "--config", str(yaml_path)],
                     stdout=log, stderr=subprocess.STDOUT, env=env)
                 say(f"{run.name}: training ({cfg.steps} steps"
                     + (f", from {Path(cfg.warm_start).parent.name}" if cfg.warm_start else ", from scratch") + ")")

@@ -27,7 +27,6 @@ why the fine-tuning rate is not searched (the scratch baseline must keep the sam
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -38,8 +37,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..errors import FedsLabError
-from ..evaluation.bdrate import psnr_gain_at_matched_rate  # noqa: F401  (the objective's PSNR figure; tests import it here)
+from .checkpoint import read_record
+from .errors import FedsLabError
+from .evaluation.bdrate import BDRateError, bd_rate, psnr_gain_at_matched_rate
+from .pipeline_config import PipelineConfig
+from .training import MODEL_FILE, train
 
 #: Settings every trial shares (ours): scale-free terms (gradient balancing, output distillation as
 #: a share of the distortion term), and no learning-rate drop in stage 3, so that the scratch
@@ -90,8 +92,6 @@ PRIOR = {"norm": "channel", "stage3": 0.3, "align_share": 0.4, "alpha": 0.1, "be
 # --- the curves ------------------------------------------------------------------------------------
 def val_point(checkpoint: Path) -> tuple[float, float]:
     """(bpp, PSNR) of a finished run on its validation split, from the record its trainer wrote."""
-    from ..checkpoint import read_record
-
     val = read_record(checkpoint).get("val") or {}
     if "bpp" not in val:
         raise TuneError(f"{checkpoint}: its record has no validation result (val_every=0?)")
@@ -102,9 +102,7 @@ def val_point(checkpoint: Path) -> tuple[float, float]:
 class Search:
     """One search over one pipeline config's FEDS students (the config's teachers, data, budget)."""
 
-    def __init__(self, pipeline_config, storage: str | None = None, study_name: str | None = None):
-        from ..pipeline import PipelineConfig  # noqa: F401  (type only)
-
+    def __init__(self, pipeline_config: PipelineConfig, storage: str | None = None, study_name: str | None = None):
         self.pcfg = pipeline_config.resolved()
         if len(self.pcfg.lambdas) < 4:
             raise TuneError(f"a search needs four lambdas or more (a BD-rate needs four points), got {self.pcfg.lambdas}")
@@ -155,8 +153,6 @@ class Search:
 
     def reference(self, role: str, lmbda: float, variant: str | None, log=print, wait: bool = False) -> Path:
         """The finished checkpoint of one teacher or scratch run (trained here unless ``wait``)."""
-        from ..training import MODEL_FILE, train
-
         cfg = self._config(role, lmbda, variant, {})
         path = Path(cfg.out) / MODEL_FILE
         if path.exists() or not wait:
@@ -182,9 +178,6 @@ class Search:
     # --- one trial --------------------------------------------------------------------------------
     def objective(self, trial, scratch, log=print, wait: bool = False) -> float:
         import optuna
-
-        from ..evaluation.bdrate import BDRateError, bd_rate
-        from ..training import MODEL_FILE, train
 
         settings = suggest(trial)
         key = hashlib.sha256(json.dumps([self.study_name, settings], sort_keys=True).encode()).hexdigest()[:10]
@@ -297,7 +290,7 @@ def summary(study) -> dict[str, Any]:
 def write_summary(search: Search, study, log=print) -> Path:
     """``tune/summary.json``, ``tune/best.yaml`` (TrainConfig overrides of the best trial) and the
     search's figure; returns the summary's path."""
-    from ..plots import tune_figure
+    from .plots import tune_figure  # matplotlib: only when a summary is drawn
 
     s = summary(study)
     path = search.pcfg.layout.tune_summary
@@ -314,8 +307,6 @@ def write_summary(search: Search, study, log=print) -> Path:
 
 # --- CLI -------------------------------------------------------------------------------------------
 def _cmd_tune(args) -> None:
-    from ..pipeline import PipelineConfig
-
     cfg = PipelineConfig.from_yaml(args.config) if args.config else PipelineConfig()
     values = {}
     for item in args.set or []:
