@@ -31,6 +31,11 @@ test-fast: $(STAMP)
 pipeline: $(STAMP)
 	$(VENV)/bin/feds-lab pipeline $(ARGS)
 
+# the demo's key figures and tables into figures/ (what the README shows), from a finished `make pipeline`
+# (--resume: a finished run is not trained again; only the copy is made)
+figures: $(STAMP)
+	$(VENV)/bin/feds-lab pipeline --resume --set figures_dir=figures $(ARGS)
+
 lab: $(STAMP)
 	$(VENV)/bin/feds-lab lab $(ARGS)
 

@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     p.add_argument("--synthesis-threads", nargs="+", default=["fixed", "caller"], choices=["fixed", "caller"],
                    help="fixed: the decoder's default (coding.SYNTHESIS_THREADS); caller: the decode's own threads")
     p.add_argument("--out", help="CSV of every decode")
+    p.add_argument("--timing", type=int, default=0, metavar="N",
+                   help="also time both paths on the first photograph, N interleaved repetitions (median of paired "
+                        "ratios: robust to a load that drifts), at --encode-threads threads")
     a = p.parse_args(argv)
 
     imgs = images(a.data, a.split, a.limit)
@@ -119,6 +122,24 @@ def main(argv=None) -> int:
             print(f"{ck_name:32s} default (float64, fixed synthesis threads) against format 1's (float32, caller's threads): rate {100 * (n['bpp'] / o['bpp'] - 1):+.3f} %, "
                   f"PSNR {n['psnr'] - o['psnr']:+.4f} dB, encode time x{n['encode_s'] / o['encode_s']:.2f}, "
                   f"decode time x{n['decode_s'] / o['decode_s']:.2f}")
+    if a.timing:
+        _, x = imgs[0]
+        torch.set_num_threads(a.encode_threads)
+        for ck in a.checkpoints:
+            model = load_model(ck)
+            t = {"float32": ([], []), "float64": ([], [])}
+            for _ in range(a.timing):
+                for name in ("float32", "float64"):
+                    r = encode(model, x, path=PATHS[name])
+                    kw = {"synthesis_threads": None} if name == "float32" else {}
+                    t[name][0].append(r.seconds)
+                    t[name][1].append(decode(model, r.data, **kw).seconds)
+            enc = statistics.median(b / a_ for a_, b in zip(t["float32"][0], t["float64"][0]))
+            dec = statistics.median(b / a_ for a_, b in zip(t["float32"][1], t["float64"][1]))
+            print(f"timing {Path(ck).parent.name or ck}: default against format 1's path, median of {a.timing} paired "
+                  f"ratios: encode x{enc:.2f} ({statistics.median(t['float64'][0]):.3f} s against "
+                  f"{statistics.median(t['float32'][0]):.3f} s), decode x{dec:.2f} ({statistics.median(t['float64'][1]):.3f} s "
+                  f"against {statistics.median(t['float32'][1]):.3f} s)", flush=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         with open(a.out, "w", newline="") as f:

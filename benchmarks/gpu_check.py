@@ -63,6 +63,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 PAPER_TIME_RATIO = 0.27  # the paper: about 73 % less coding time for the student
 
+import feds_lab  # noqa: E402
 from feds_lab.threads import configure  # noqa: E402
 
 configure()  # first: the thread defaults precede torch

@@ -59,6 +59,12 @@ def _failure_message(name: str, err: Exception) -> str:
     return f"notebook {name} failed{where}: {ename}: {evalue}"
 
 
+#: The kernel's own log stays quiet: at shutdown the kernel manager interrupts it first, and ipykernel logs
+#: that interrupt as "ERROR | KeyboardInterrupt caught in kernel" after a notebook that succeeded. A cell's
+#: errors reach the pipeline through the notebook's outputs, not through this log.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL"]
+
+
 def _check_images(cfg: PipelineConfig) -> None:
     from .data import check_data_folder
 
@@ -101,7 +107,8 @@ def run_pipeline(config: PipelineConfig, resume: bool = False, log=print, progre
                     name, pipeline_runs(cfg), log, every=progress_every, code_cells=code_cell_count(src)) as monitor:
                 pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3",
                                     cwd=str(NOTEBOOK_DIR), progress_bar=False, log_output=False,
-                                    stderr_file=monitor.stderr(), on_cell_start=monitor.on_cell_start)
+                                    stderr_file=monitor.stderr(), on_cell_start=monitor.on_cell_start,
+                                    extra_arguments=KERNEL_ARGUMENTS)
         except Exception as e:  # papermill's PapermillExecutionError carries the cell's error
             state.pop(name, None)
             state_path.write_text(json.dumps(state, indent=2))

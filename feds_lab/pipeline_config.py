@@ -107,7 +107,9 @@ class PipelineConfig:
     #: ``train`` does not set its own; None = torch's default (all cores). Two runs side by side on
     #: two cores: 1 each, or both crawl (oversubscribed threads are 10-100x slower, measured)
     threads: int | None = None
-    figures_dir: str | None = "figures"  #: where key figures are copied; None = nowhere
+    #: where the key figures and tables are copied at the end; None (the default) = nowhere: a run writes
+    #: to its run folder only, and the repository's figures/ change only when asked (``make figures``)
+    figures_dir: str | None = None
     notebooks: list[str] = field(default_factory=lambda: list(NOTEBOOKS))
 
     # --- reading -----------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ def notebook_html(path: str | Path, exporter=None) -> str:
     from .offline_html import finish, prepare
 
     nb, formulas = prepare(nbformat.read(path, as_version=4))
+    # a cell's log lines (the trainer's progress, "finished run ...; nothing to do") go to stderr, as a
+    # command's do; they are not errors, and the lab template would paint them red: shown as plain text.
+    # Errors are outputs of their own kind (output_type "error") and stay red.
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                out["name"] = "stdout"
     body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": path.stem}})
     body = finish(body, formulas)
     if formulas.failed:
