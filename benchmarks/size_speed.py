@@ -1,6 +1,6 @@
 """Parameters and coding time of teacher and student, measured side by side in one process.
 
-Targets at the ``paper`` preset (METHOD.md): student parameters <= 0.37 of the teacher's, student
+Targets at the ``paper`` preset (docs/method.md): student parameters <= 0.37 of the teacher's, student
 encode+decode time <= 0.27 of the teacher's on a 768x512 image. Times are medians over
 interleaved repetitions (teacher, student, teacher, ...) so that machine noise hits both alike.
 Weights are untrained: coding time depends on the architecture, not on what it learned (the

@@ -9,6 +9,7 @@ module, :mod:`feds_lab.variants`.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,13 @@ def resolved_images(data: Any, eval_data: Any, eval_split: str) -> tuple[Any, An
     for key, path in out.items():
         if path in (None, "builtin") or (key == "eval_data" and path == "builtin-eval"):
             continue
+        # a config names a folder of the user's by an environment variable (the studies: $FEDS_LAB_PHOTOS)
+        expanded = os.path.expandvars(str(path))
+        if "$" in expanded:
+            var = expanded[expanded.index("$"):].split("/")[0].strip("${}")
+            raise FedsLabError(f"{key}: {path!r} names the environment variable {var}, which is not set: set it to "
+                               f"your photographs' folder (e.g. {var}=~/photos), or give --{key.replace('_', '-')} DIR")
+        path = os.path.expanduser(expanded)
         if not Path(path).is_dir():
             raise FedsLabError(f"{key}: no such folder {path!r} (give a folder of images, or leave it out "
                                "for the built-in photographs)")

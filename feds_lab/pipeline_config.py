@@ -78,7 +78,7 @@ class PipelineConfig:
     #: cross-family student (a variant with its own ``family``) against its own scratch baseline
     comparisons: list[list[str]] = field(default_factory=list)
     #: warm-start each lambda's run from the previous (smaller) lambda's model of the same kind, as
-    #: METHOD.md suggests for short budgets: every model then says so in its record (warm_start)
+    #: the method (docs/method.md) suggests for short budgets: every model then says so in its record (warm_start)
     warm_start_ladder: bool = True
     #: where a teacher's warm start comes from: ``previous`` (the chain), ``first`` (every lambda
     #: from the smallest lambda's teacher, so that the later teachers can train side by side), or a

@@ -5,7 +5,7 @@ One trial is one FEDS student *ladder*: a student per lambda of the pipeline con
 from the previous, as the pipeline trains them), trained on ``tune-train`` and coded for real on
 ``tune-val`` (feds_lab.data: both cut from the training split, so the search never sees the images a
 study reports). Its objective is the BD-rate of that curve against the scratch baseline's curve on
-the same images (%, lower is better). A lower L_RD at one lambda is not a better codec (METHOD.md,
+the same images (%, lower is better). A lower L_RD at one lambda is not a better codec (docs/method.md,
 "Distillation at short budgets"): only a curve is. After each lambda the trial reports the mean PSNR
 gain at matched rate over the points so far, and Optuna's median pruner stops trials that trail.
 

@@ -149,3 +149,42 @@ def test_decode_in_a_fresh_process_gives_the_same_image_and_latent(tiny_checkpoi
                         str(tmp_path / "out.safetensors"), str(t)], check=True, timeout=120)
         there = load_file(tmp_path / "out.safetensors")["x"]
         assert torch.equal(here.mul(255).round(), there.mul(255).round())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two trained students (CNN and transformer families, two lambdas): a short budget, real training."""
+    from feds_lab.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    out = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for family, lmbda, steps in (("cnn", 0.0932, 120), ("transformer", 0.0067, 80)):
+            cfg = TrainConfig(role="student", baseline="scratch", family=family, lmbda=lmbda, steps=steps, batch_size=4,
+                              val_every=0, ckpt_every=0, progress=False, threads=1, out=str(root / family))
+            out[family] = train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["cnn", "transformer"])
+def test_trained_models_decode_every_photograph_alike_at_any_thread_count(trained, family):
+    """Every built-in photograph, whole, encoded with 2 threads, decoded with 1, 2 and 4: the same 8-bit image."""
+    model = load_model(trained[family])
+    threads = torch.get_num_threads()
+    try:
+        for name, img in builtin_split("all"):
+            x = img.unsqueeze(0)
+            torch.set_num_threads(2)
+            data = encode(model, x).data
+            decoded = []
+            for t in (1, 2, 4):
+                torch.set_num_threads(t)
+                decoded.append(decode(model, data).x_hat.mul(255).round().byte())
+            assert all(torch.equal(decoded[0], d) for d in decoded[1:]), name
+    finally:
+        torch.set_num_threads(threads)

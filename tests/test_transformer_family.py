@@ -63,7 +63,7 @@ def test_transformer_paper_preset_builds_and_meets_the_size_target():
     torch.manual_seed(0)
     teacher = build_model("teacher", "paper", family="transformer")
     student = build_model("student", "paper", family="transformer")
-    # METHOD.md's target at the paper preset: the student at most 0.37 of the teacher's parameters
+    # the method's target (docs/method.md) at the paper preset: the student at most 0.37 of the teacher's parameters
     assert _n_params(student) / _n_params(teacher) <= 0.37
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():

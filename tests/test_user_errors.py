@@ -230,3 +230,17 @@ def test_compress_says_the_memory_in_one_line(tiny_checkpoints, tmp_path, capsys
         "feds-lab: error: coding this 30x20 image (0.0 megapixels) needs about 0.1 GiB of memory; 0.0 GiB are "
         "available (code a smaller image, or use a machine with more memory)"]
     assert not (tmp_path / "photo.feds").exists()
+
+
+def test_a_study_config_names_its_photographs_by_an_environment_variable(tmp_path, monkeypatch):
+    """The study configs say `data: $FEDS_LAB_PHOTOS`: unset, a clear error; set, that folder."""
+    from feds_lab.errors import FedsLabError
+    from feds_lab.pipeline import PipelineConfig
+
+    monkeypatch.delenv("FEDS_LAB_PHOTOS", raising=False)
+    cfg = PipelineConfig.from_yaml("configs/pipelines/study_feds.yaml").updated({"runs_dir": str(tmp_path / "runs")})
+    with pytest.raises(FedsLabError, match=r"FEDS_LAB_PHOTOS, which is not set.*--data DIR"):
+        cfg.resolved()
+    (tmp_path / "photos").mkdir()
+    monkeypatch.setenv("FEDS_LAB_PHOTOS", str(tmp_path / "photos"))
+    assert cfg.resolved().data == str((tmp_path / "photos").resolve())
