@@ -84,7 +84,7 @@ def run_pipeline(config: PipelineConfig, resume: bool = False, log=print, progre
 
     cfg = config.resolved()
     _check_images(cfg)  # before any kernel starts: a folder with no readable image says so now
-    layout = RunLayout(cfg.run_dir)
+    layout = RunLayout(cfg.run_dir.resolve())  # absolute: papermill runs each notebook in notebooks/
     layout.notebooks.mkdir(parents=True, exist_ok=True)
     layout.pipeline_file.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # what the notebooks read
     state_path = layout.state_file
