@@ -126,6 +126,18 @@ def test_zoo_train_trains_fine_tunes_and_publishes_a_ladder(tmp_path):
     got = entries(tmp_path / "zoo")
     assert [e["lmbda"] for e in got] == [0.013, 0.025]
     assert got[1]["record"]["budget"]["steps"] == 3 and got[0]["record"]["zoo"]["long"] == [0.013]
+    assert got[0]["record"]["val_curve"][-1][0] == 4  # the validation curve ships with the weights
     assert read_record(verified_path(got[1], tmp_path / "zoo"))["warm_start"].endswith("l0.013/model.safetensors")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "training" not in again.stderr
+
+
+def test_zoo_info_shows_the_file_s_record_with_its_data(zoo, capsys):
+    from feds_lab.cli import main
+
+    d, entry = zoo
+    assert main(["zoo", "info", entry["name"], "--zoo-dir", str(d)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["sha256"] == entry["sha256"] and shown["record"]["data"]["split"] == "tune-train"
+    assert shown["record"]["storage"] == "float16"
+    assert main(["zoo", "info", "nope", "--zoo-dir", str(d)]) == 1

@@ -134,12 +134,23 @@ def publish(checkpoint: str | os.PathLike, zoo_dir: str | os.PathLike | None = N
     record = {**read_record(checkpoint), **(extra or {})}
     for key in ("format", "package_version", "model", "fingerprint", "storage"):
         record.pop(key, None)
+    metrics = Path(checkpoint).parent / "metrics.jsonl"  # the run's validation curve, shipped in the record
+    if metrics.is_file() and "val_curve" not in record:
+        curve = []
+        for line in metrics.read_text().splitlines():
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            if m.get("kind") == "val" and "psnr" in m:
+                curve.append([int(m["step"]), round(float(m["psnr"]), 4), round(float(m["bpp"]), 5)])
+        record["val_curve"] = curve  # [step, PSNR dB, bpp] on the run's validation split
     cfg = model.config
     name = zoo_name(cfg["family"], cfg["preset"], cfg["role"], float(record["lmbda"]))
     path = save_model(model, zoo_dir / f"{name}.safetensors", record, storage="float16")
     entry = {"name": name, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
              "family": cfg["family"], "preset": cfg["preset"], "role": cfg["role"], "lmbda": float(record["lmbda"]),
-             "record": {k: record.get(k) for k in ("budget", "val", "zoo", "data", "commit") if k in record}}
+             "record": {k: record.get(k) for k in ("budget", "val", "val_curve", "zoo", "commit") if k in record}}
     data = manifest(zoo_dir)
     data["models"] = [e for e in data["models"] if e["name"] != name] + [entry]
     data["models"].sort(key=lambda e: (e["family"], e["preset"], e["role"], e["lmbda"]))
