@@ -20,7 +20,7 @@ from PIL import Image
 
 from .bitstream import Bitstream, shape_from_json
 from .checkpoint import fingerprint
-from .entropy_path import DEFAULT_PATH, PATH_FLOAT32, PATHS, check_latent, coder, recording
+from .entropy_path import DEFAULT_PATH, PATHS, check_latent, coder, recording
 from .errors import BitstreamError, CodingError, EntropyMismatchError, FedsLabError, OutputError, one_line
 from .io import atomic_write
 from .models.entropy import PAD_MULTIPLE
@@ -251,7 +251,7 @@ def _layout(model: torch.nn.Module) -> _Layout | None:
     if cached is not None and cached[0] == fp:
         return cached[1]
     device = next(model.parameters()).device
-    c = coder(model, PATH_FLOAT32)
+    c = coder(model, DEFAULT_PATH)  # the copy encode and decode use anyway: no second copy just to probe shapes
     g_a = _synthesis_module(c, "g_a")
     seen: dict[str, int] = {}
     hook = g_a.register_forward_hook(lambda _m, _i, out: seen.__setitem__("y", out.numel())) if g_a is not None else None
