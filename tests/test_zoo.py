@@ -87,7 +87,7 @@ def test_the_shipped_zoo_verifies_and_its_ladders_are_monotonic():
 
 def test_the_ladder_plan_fine_tunes_each_lambda_from_its_nearest_long_one(tmp_path):
     plan = LadderPlan(runs=str(tmp_path))
-    assert plan.waves() == [[0.013, 0.0483], [0.0035, 0.0067, 0.025]]
+    assert plan.order() == [0.013, 0.0483, 0.025, 0.0932, 0.0067, 0.0035]
     assert plan.source(0.0035) == 0.013 and plan.source(0.025) == 0.013 and plan.source(0.0483) is None
     cfg = plan.config(0.0067).resolved()
     assert cfg.steps == plan.finetune_steps and cfg.lr == plan.finetune_lr and cfg.threads == 1

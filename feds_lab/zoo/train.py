@@ -33,8 +33,9 @@ class LadderPlan:
 
     family: str = "cnn"
     preset: str = "tiny"
-    #: the whole ladder; 0.0035 .. 0.0483 spans about 0.15 to 0.8 bpp on Kodak-like photographs once trained
-    lambdas: tuple[float, ...] = (0.0035, 0.0067, 0.013, 0.025, 0.0483)
+    #: the whole ladder (CompressAI's lambdas for qualities 2 to 7); 0.0035 .. 0.0932 spans about 0.15 to
+    #: 0.9 bpp on Kodak-like photographs once trained
+    lambdas: tuple[float, ...] = (0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932)
     long: tuple[float, ...] = (0.013, 0.0483)  #: trained from scratch for ``steps``
     steps: int = 20_000  #: one-cycle over all steps, peak ``lr`` (the preset's batch and crop)
     lr: float = 2e-3
@@ -68,10 +69,10 @@ class LadderPlan:
                       warm_start=None if src is None else str(Path(self.runs) / self.name(src) / "model.safetensors"))
         return TrainConfig(**{**values, **self.extra})
 
-    def waves(self) -> list[list[float]]:
-        """The long lambdas first (side by side), then every fine-tuned one (its source is long)."""
+    def order(self) -> list[float]:
+        """The long lambdas first, then the fine-tuned ones nearest their source first."""
         rest = [x for x in self.lambdas if self.source(x) is not None]
-        return [list(self.long), rest] if rest else [list(self.long)]
+        return list(self.long) + sorted(rest, key=lambda x: abs(math.log(self.source(x) / x)))
 
 
 def _finished(run: Path) -> bool:
@@ -152,43 +153,57 @@ def train_ladder(plan: LadderPlan, jobs: int = 2, interim: str | None = None, zo
     poll = poll if poll is not None else float(os.environ.get("FEDS_LAB_ZOO_POLL", "60"))
     published = []
     started = time.time()
-    for wave in plan.waves():
-        pending = [x for x in wave if not _finished(Path(plan.runs) / plan.name(x))]
-        running: dict[float, subprocess.Popen] = {}
-        while pending or running:
-            while pending and len(running) < jobs:
-                lmbda = pending.pop(0)
-                cfg = plan.config(lmbda).resolved()
-                run = Path(cfg.out)
-                if seed_from_interim(run, interim_dir):
-                    say(f"{run.name}: seeded from the interim state in {interim_dir}")
-                run.parent.mkdir(parents=True, exist_ok=True)
-                yaml_path = run.parent / f"{run.name}.yaml"
-                yaml_path.write_text(cfg.to_yaml())
-                env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-                log = open(run.parent / f"{run.name}.log", "a")
-                running[lmbda] = subprocess.Popen(
-                    [sys.executable, "-m", "feds_lab.cli", "train", "teacher", "--config", str(yaml_path)],
-                    stdout=log, stderr=subprocess.STDOUT, env=env)
-                say(f"{run.name}: training ({cfg.steps} steps"
-                    + (f", from {Path(cfg.warm_start).parent.name}" if cfg.warm_start else ", from scratch") + ")")
-            time.sleep(poll if running else 0)
-            for lmbda, proc in list(running.items()):
-                run = Path(plan.runs) / plan.name(lmbda)
-                if proc.poll() is None:
-                    say(f"{run.name}: {_progress(run)} ({(time.time() - started) / 60:.0f} min)")
-                    continue
-                del running[lmbda]
-                if proc.returncode != 0 or not _finished(run):
-                    raise RuntimeError(f"{run.name} stopped with exit code {proc.returncode}; see "
-                                       f"{run.parent / (run.name + '.log')}. The same command resumes it.")
-                say(f"{run.name}: finished, {_progress(run)}")
-        if publish_when_done:
-            for lmbda in wave:
-                run = Path(plan.runs) / plan.name(lmbda)
+    pending = [x for x in plan.order() if not _finished(Path(plan.runs) / plan.name(x))]
+    running: dict[float, subprocess.Popen] = {}
+
+    def ready(lmbda: float) -> bool:  # a fine-tune starts as soon as its own source has finished
+        src = plan.source(lmbda)
+        return src is None or _finished(Path(plan.runs) / plan.name(src))
+
+    while pending or running:
+        for lmbda in [x for x in pending if ready(x)]:
+            if len(running) >= jobs:
+                break
+            pending.remove(lmbda)
+            cfg = plan.config(lmbda).resolved()
+            run = Path(cfg.out)
+            if seed_from_interim(run, interim_dir):
+                say(f"{run.name}: seeded from the interim state in {interim_dir}")
+            run.parent.mkdir(parents=True, exist_ok=True)
+            yaml_path = run.parent / f"{run.name}.yaml"
+            yaml_path.write_text(cfg.to_yaml())
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            log = open(run.parent / f"{run.name}.log", "a")
+            running[lmbda] = subprocess.Popen(
+                [sys.executable, "-m", "feds_lab.cli", "train", "teacher", "--config", str(yaml_path)],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+            say(f"{run.name}: training ({cfg.steps} steps"
+                + (f", from {Path(cfg.warm_start).parent.name}" if cfg.warm_start else ", from scratch") + ")")
+        if not running:
+            raise RuntimeError("nothing can start: " + ", ".join(map(str, pending)))  # unreachable with long sources
+        time.sleep(poll)
+        for lmbda, proc in list(running.items()):
+            run = Path(plan.runs) / plan.name(lmbda)
+            if proc.poll() is None:
+                say(f"{run.name}: {_progress(run)} ({(time.time() - started) / 60:.0f} min)")
+                continue
+            del running[lmbda]
+            if proc.returncode != 0 or not _finished(run):
+                for other in running.values():
+                    other.wait()  # the others keep their progress: they finish (or checkpoint) first
+                raise RuntimeError(f"{run.name} stopped with exit code {proc.returncode}; see "
+                                   f"{run.parent / (run.name + '.log')}. The same command resumes it.")
+            say(f"{run.name}: finished, {_progress(run)}")
+            if publish_when_done:
                 extra = {"zoo": {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("runs", "extra")},
                          "data": data_record(plan.data, plan.split), "commit": _commit()}
                 entry = publish(run / "model.safetensors", zoo_dir or ZOO_DIR, extra)
                 published.append(entry)
                 say(f"published {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}...)")
+    for lmbda in plan.order():  # runs finished before this call are published too (idempotent)
+        run = Path(plan.runs) / plan.name(lmbda)
+        if publish_when_done and _finished(run) and not any(e["name"] == run.name for e in published):
+            extra = {"zoo": {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("runs", "extra")},
+                     "data": data_record(plan.data, plan.split), "commit": _commit()}
+            published.append(publish(run / "model.safetensors", zoo_dir or ZOO_DIR, extra))
     return published
