@@ -161,12 +161,18 @@ def _train(role: str, args, out: Path, **extra) -> dict:
 
 def train_section(args, tmp: Path, state: dict) -> dict:
     budget = {"preset": args.preset, "batch_size": args.batch, "crop": args.crop}
-    teacher = _train("teacher", args, tmp / "teacher")
+    teacher = _train("teacher", args, tmp / "teacher", compile="none")
     state["teacher"] = teacher["checkpoint"]
     feds = _train("student", args, tmp / "student_feds", teacher=teacher["checkpoint"], stage_split=(0.0, 1.0, 0.0))
     scratch = _train("student", args, tmp / "student_scratch", baseline="scratch")
     state["student"] = scratch["checkpoint"]
-    return {"budget": budget, "teacher": teacher, "student_feds_stage2": feds, "student_scratch": scratch,
+    try:  # compile: attention (what runs of 1,000 steps or more get): its first step compiles (minutes)
+        compiled = _train("teacher", args, tmp / "teacher_compiled", compile="attention")
+        compiled["over_eager"] = round(teacher["median_step_s"] / compiled["median_step_s"], 3)
+    except Exception as e:  # recorded, not fatal: the eager figures above stand
+        compiled = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"}
+    return {"budget": budget, "teacher": teacher, "teacher_compiled_attention": compiled,
+            "student_feds_stage2": feds, "student_scratch": scratch,
             "feds_over_teacher_step_time": round(feds["median_step_s"] / teacher["median_step_s"], 3),
             "student_over_teacher_step_time": round(scratch["median_step_s"] / teacher["median_step_s"], 3)}
 
@@ -344,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  train ({args.preset}, batch {args.batch}, {args.crop} px) steps/s: teacher {t['teacher']['steps_per_s']}, "
               f"FEDS stage-2 student {t['student_feds_stage2']['steps_per_s']}, scratch student "
               f"{t['student_scratch']['steps_per_s']}")
+        c = t.get("teacher_compiled_attention", {})
+        print("  teacher with compile=attention: " + (f"{c['steps_per_s']} steps/s, {c['over_eager']}x eager"
+                                                       if "over_eager" in c else c.get("error", "not run")))
     if secs.get("coding", {}).get("ok"):
         c = secs["coding"]
         print(f"  coding on {args.device}: teacher enc {c['teacher']['encode_s']:.4f} s dec {c['teacher']['decode_s']:.4f} s; "

@@ -4,12 +4,14 @@ Four loops on the same model sizes, batch and crop, measured in one run with int
 (steps per second = 1 / the median step time of a repetition; warm-up steps excluded):
 
 - ``ours teacher``: :func:`feds_lab.training.train` for a teacher (everything in the loop: data,
-  clipping, non-finite checks, schedule, metrics.jsonl), timed from its own per-step records;
+  clipping, non-finite checks, schedule, metrics.jsonl), timed from its own per-step records, with
+  ``--compile`` (default ``attention``, what a run of 1,000 steps or more gets); ``ours teacher
+  eager`` the same with ``compile: none``;
 - ``plain teacher``: the loop of CompressAI's ``examples/train.py``, written inline below;
 - ``ours distill``: a FEDS student in stage 2 (teacher forward, feature alignment and entropy-weighted
   channel distillation); ``ours student``: the same student on L_RD alone (the scratch baseline).
 
-Printed ratios: ours / plain (target >= 0.95) and distill / student (the price of distillation), each
+Printed ratios: ours (eager) / plain (target >= 0.95) and distill / student (the price of distillation), each
 as the median of per-repetition ratios (the two loops of a pair run back to back, so a busy machine
 slows both) beside the ratio of the medians.
 
@@ -21,7 +23,7 @@ with ``clip_mode=total`` (one backward pass instead of L_RD's and the distillati
 
 ``--options`` also times the teacher's step with each speed option, each in its own process (an
 option that crashes the process is reported as such): ``attention=sdpa``, ``bf16`` autocast,
-``channels_last``, ``torch.compile``. ``--profile`` prints where one teacher step and one
+``channels_last``, ``torch.compile`` of the whole model, of the attention stages only. ``--profile`` prints where one teacher step and one
 distillation step spend their time, by operator (torch.profiler) and by module (forward).
 
     .venv/bin/python benchmarks/train_throughput.py                  # tiny, about 2-3 minutes on 2 cores
@@ -93,17 +95,21 @@ def plain_compressai_loop(preset: str, lmbda: float, batch: int, crop: int, lr: 
 
 
 def teacher_forward_loop(ckpt: Path, preset: str, batch: int, crop: int, warmup: int, steps: int,
-                         seed: int = 0) -> list[float]:
-    """Seconds of each teacher forward pass as a distillation step makes it (eval, no gradient, features)."""
+                         seed: int = 0, compiled: bool = False) -> list[float]:
+    """Seconds of each teacher forward pass as a distillation step makes it (eval, no gradient, features;
+    ``compiled``: its attention stages compiled, as the trainer runs them with ``compile: attention``)."""
+    from feds_lab.models.attention import compile_stages, compiled_stages
     from feds_lab.training.trainer import load_teacher
 
     teacher = load_teacher(ckpt, torch.device("cpu"))
+    if compiled:
+        compile_stages(teacher)
     dataset = load_dataset(None, "train", crop, seed=seed)
     times = []
     for i in range(warmup + steps):
         x = dataset.sample_batch(i, batch, seed)
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), compiled_stages(compiled):
             teacher(x, return_features=True)
         times.append(time.perf_counter() - t0)
     return times[warmup:]
@@ -127,6 +133,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a shared machine, 2 threads per process vary wildly)")
     p.add_argument("--lmbda", type=float, default=0.0067)
+    p.add_argument("--compile", default="attention", choices=("attention", "none"),
+                   help="our loops' compile setting (default attention: what runs of 1,000 steps or more get with "
+                        "compile: auto); 'ours teacher eager' is always timed beside them")
     p.add_argument("--options", action="store_true", help="time the teacher step with each speed option")
     p.add_argument("--profile", action="store_true", help="where a teacher step and a distillation step spend time")
     args = p.parse_args(argv)
@@ -140,18 +149,22 @@ def main(argv: list[str] | None = None) -> None:
     teacher_ckpt = save_model(build_model("teacher", preset=args.preset), tmp / "teacher.safetensors")
 
     common = dict(preset=args.preset, lmbda=args.lmbda, steps=n, batch_size=batch, crop=crop, val_every=0,
-                  ckpt_every=0, log_every=1, progress=False, resume=False, device="cpu", threads=args.threads)
+                  ckpt_every=0, log_every=1, progress=False, resume=False, device="cpu", threads=args.threads,
+                  compile=args.compile)
     stage2 = dict(role="student", stage_split=(0.0, 1.0, 0.0))
     loops = {
         "ours teacher": lambda: our_loop(TrainConfig(role="teacher", out=str(tmp / "t"), **common), args.warmup,
                                          args.steps),
+        "ours teacher eager": lambda: our_loop(TrainConfig(role="teacher", out=str(tmp / "te"),
+                                                           **{**common, "compile": "none"}), args.warmup, args.steps),
         "plain teacher": lambda: plain_compressai_loop(args.preset, args.lmbda, batch, crop, budget["lr"],
                                                        args.warmup, args.steps),
         "ours distill": lambda: our_loop(TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "d"),
                                                      **common), args.warmup, args.steps),
         "ours student": lambda: our_loop(TrainConfig(**stage2, baseline="scratch", out=str(tmp / "s"), **common),
                                          args.warmup, args.steps),
-        "teacher forward": lambda: teacher_forward_loop(teacher_ckpt, args.preset, batch, crop, args.warmup, args.steps),
+        "teacher forward": lambda: teacher_forward_loop(teacher_ckpt, args.preset, batch, crop, args.warmup, args.steps,
+                                                        compiled=args.compile == "attention"),
         "distill total clip": lambda: our_loop(TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "dt"),
                                                            clip_mode="total", **common), args.warmup, args.steps),
     }
@@ -181,7 +194,10 @@ def main(argv: list[str] | None = None) -> None:
         and the ratio of the medians."""
         return statistics.median(x / y for x, y in zip(rates[a], rates[b])), med[a] / med[b]
 
-    ours_vs_plain, ours_vs_plain_medians = paired("ours teacher", "plain teacher")
+    ours_vs_plain, ours_vs_plain_medians = paired("ours teacher eager", "plain teacher")  # the loop, not the kernels
+    compiled_gain, compiled_gain_medians = paired("ours teacher", "ours teacher eager")
+    print(f"teacher step, compile={args.compile} against eager: {compiled_gain:.2f}x the steps/s (median of paired "
+          f"ratios; {compiled_gain_medians:.2f}x ratio of medians)")
     distill_price, distill_price_medians = paired("ours distill", "ours student")
     print(f"ours / plain CompressAI loop (teacher): {ours_vs_plain:.3f} median of paired ratios, "
           f"{ours_vs_plain_medians:.3f} ratio of medians  (target >= 0.95: {'met' if ours_vs_plain >= 0.95 else 'NOT met'})")
@@ -199,7 +215,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{'met' if over_floor <= 1.10 else 'NOT met'}) and {1 / distill_price:.2f}x a scratch step (target <= 2.5: "
           f"{'met' if 1 / distill_price <= 2.5 else 'NOT met'}); with clip_mode=total {over_floor_total:.2f}x its floor, "
           f"{total_price:.2f}x a scratch step")
-    report = {"preset": args.preset, "batch": batch, "crop": crop, "threads": args.threads,
+    report = {"preset": args.preset, "batch": batch, "crop": crop, "threads": args.threads, "compile": args.compile,
+              "teacher_compiled_over_eager": compiled_gain,
               "steps_per_second": med, "ours_over_plain": ours_vs_plain, "distill_over_student": distill_price,
               "distill_over_floor": over_floor, "floor_over_student": 1 / floor_price,
               "total_clip_over_floor": over_floor_total}
@@ -225,10 +242,15 @@ fmt = torch.channels_last if option == "channels_last" else torch.contiguous_for
 if option == "channels_last":
     net = net.to(memory_format=fmt)
 forward = torch.compile(net) if option == "compile" else net
+if option == "compile-attention":
+    from feds_lab.models.attention import compile_stages, compiled_stages
+    compile_stages(net)
+else:
+    from contextlib import nullcontext as compiled_stages
 crit = RateDistortionLoss(0.0067)
 opt = torch.optim.Adam(net.parameters(), 1e-4)
 times = []
-with attention_kernel("sdpa" if option == "sdpa" else "timm"):
+with attention_kernel("sdpa" if option == "sdpa" else "timm"), compiled_stages():
     for i in range(3 + steps):
         x = data.sample_batch(i, batch, 0).contiguous(memory_format=fmt)
         t0 = time.perf_counter()
@@ -249,7 +271,7 @@ def teacher_options(args, batch: int, crop: int) -> dict:
     for family in ("cnn", "transformer"):
         res: dict = {}
         for rep in range(max(1, min(args.reps, 3))):
-            for option in ("default", "sdpa", "bf16", "channels_last", "compile"):
+            for option in ("default", "sdpa", "bf16", "channels_last", "compile", "compile-attention"):
                 if isinstance(res.get(option), str):
                     continue  # crashed once: not again
                 p = subprocess.run([sys.executable, "-c", _OPTION_CODE, option, args.preset, str(batch), str(crop),

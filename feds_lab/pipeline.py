@@ -149,7 +149,7 @@ def _cmd_pipeline(args) -> None:
         if not sep:
             raise FedsLabError(f"--set expects key=value, got {item!r}")
         values[key.strip()] = yaml.safe_load(raw)
-    for key in ("name", "preset", "family", "data", "eval_data", "device", "runs_dir"):
+    for key in ("name", "preset", "family", "teacher", "data", "eval_data", "device", "runs_dir"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if args.lambdas:
@@ -176,7 +176,7 @@ def train_runs(config: PipelineConfig, variants: list[str], log=print) -> list[P
     unknown = [v for v in variants if v != "teacher" and v not in cfg.variants]
     if unknown:
         raise FedsLabError(f"--train-only: unknown variant(s) {unknown}; known: teacher, {', '.join(cfg.variants)}")
-    done = [train(cfg.train_config("teacher", l)) for l in cfg.lambdas]
+    done = [cfg.teacher_model(l) for l in cfg.lambdas]  # the zoo's, or trained here
     for v in variants:
         if v != "teacher":
             done += [train(cfg.train_config("student", l, variant=v)) for l in cfg.lambdas]
@@ -190,6 +190,8 @@ def add_pipeline_parser(sub) -> None:
     p.add_argument("--name", help="run folder name under runs/ (default: demo)")
     p.add_argument("--preset", choices=PRESET_NAMES)
     p.add_argument("--family")
+    p.add_argument("--teacher", choices=("zoo", "train"),
+                   help="the shipped, long-trained teachers (zoo, the default) or teachers trained here (train)")
     p.add_argument("--data", help="training images folder (default: scikit-image's bundled photographs)")
     p.add_argument("--eval-data", dest="eval_data", help="evaluation images folder, e.g. Kodak")
     p.add_argument("--lambdas", help="comma-separated, e.g. 0.0035,0.0067,0.013,0.025")

@@ -136,6 +136,34 @@ def check_notebooks(notebooks: list[str], lambdas: list[float]) -> None:
               file=sys.stderr)
 
 
+# --- where the teachers come from --------------------------------------------------------------------------
+
+TEACHER_SOURCES = ("zoo", "train")
+
+
+def check_teacher(teacher: Any, family: str, preset: str, lambdas: list[float], train_settings: dict[str, Any]) -> None:
+    """``teacher: zoo`` needs every lambda in the zoo's ladder of the family and preset, and no teacher
+    training settings (they would be silently unused); ``teacher: train`` trains them here."""
+    if teacher not in TEACHER_SOURCES:
+        raise FedsLabError(f"teacher must be one of {list(TEACHER_SOURCES)} (the shipped ladder, or trained "
+                           f"here), got {teacher!r}")
+    if teacher != "zoo":
+        return
+    set_here = [k for k, v in train_settings.items() if v]
+    if set_here:
+        raise FedsLabError(f"{', '.join(set_here)} train(s) teachers, but teacher is 'zoo' (the shipped, trained "
+                           "ladder): set teacher: train (--set teacher=train) to train them here")
+    from .zoo import entries
+
+    have = [e["lmbda"] for e in entries(None, family, preset)]
+    missing = [l for l in lambdas if not any(math.isclose(l, h, rel_tol=1e-6) for h in have)]
+    if missing:
+        ladder = ", ".join(f"{h:g}" for h in have) or "none yet"
+        raise FedsLabError(f"the zoo has no {family} {preset} teacher at lambda {', '.join(f'{l:g}' for l in missing)} "
+                           f"(its {family} {preset} ladder: {ladder}; `feds-lab zoo list`): choose lambdas from it, "
+                           "or set teacher: train (--set teacher=train) to train the teachers here")
+
+
 # --- the teachers' ladder (checked when a teacher's run is made) ------------------------------------------
 
 def teacher_overrides(overrides: Any, lambdas: list[float], lmbda: float) -> dict[str, Any]:

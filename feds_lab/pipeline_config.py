@@ -27,6 +27,7 @@ from .pipeline_checks import (
     check_notebooks,
     check_reference,
     check_run_name,
+    check_teacher,
     check_threads,
     checked_comparisons,
     checked_lambdas,
@@ -51,6 +52,10 @@ class PipelineConfig:
     name: str = "demo"  #: run folder name under runs_dir
     preset: str = "tiny"  #: paper | small | tiny (model sizes and default budgets)
     family: str = "cnn"  #: teacher's model family
+    #: where the teachers come from: ``zoo``, the long-trained ladder shipped with the package
+    #: (``feds-lab zoo list``; every lambda must be one of its), or ``train``: trained here for
+    #: ``teacher_steps`` (with ``teacher_ladder`` and ``teacher_overrides``)
+    teacher: str = "zoo"
     student_family: str | None = None  #: student's family (None = the teacher's): cross-family distillation
     lambdas: list[float] | None = None  #: one teacher and one student per lambda; None = the preset's ladder
     teacher_steps: int | None = None  #: None = the preset's steps
@@ -136,8 +141,13 @@ class PipelineConfig:
         check_run_name(self.name, self.runs_dir)
         new = dataclasses.replace(self)
         new.lambdas = checked_lambdas(budget["lambdas"] if self.lambdas is None else self.lambdas)
+        check_teacher(self.teacher, self.family, self.preset, new.lambdas,
+                      {"teacher_steps": self.teacher_steps is not None, "teacher_ladder": self.teacher_ladder != "previous",
+                       "teacher_overrides": bool(self.teacher_overrides)})
         # None is "the preset's"; 0 is not None (a zero or negative budget is an error, not a default)
         for key in ("teacher_steps", "student_steps"):
+            if key == "teacher_steps" and self.teacher == "zoo":
+                continue  # the zoo's teachers say their own budget (teacher_budget)
             setattr(new, key, checked_steps(key, budget["steps"] if getattr(self, key) is None else getattr(self, key)))
         check_counts(self.seed, self.entropy_images)
         check_mappings(train=self.train, variants=self.variants)
@@ -193,9 +203,20 @@ class PipelineConfig:
 
     def describe(self) -> str:
         """What a notebook prints first: its run folder and the budget."""
+        teachers = (f"zoo teachers ({self.teacher_budget()})" if self.teacher == "zoo"
+                    else f"teacher steps {self.teacher_steps}")
         return (f"run folder: {self.run_dir}\npreset {self.preset}, lambdas {self.lambdas}, "
-                f"teacher steps {self.teacher_steps}, student steps {self.student_steps}"
+                f"{teachers}, student steps {self.student_steps}"
                 + (", each lambda warm-started from the previous one" if self.warm_start_ladder else ""))
+
+    def teacher_budget(self) -> str:
+        """The teachers' training in words: "400 steps per λ", or the zoo's budgets ("20,000 steps; 5,000
+        steps fine-tuned from λ 0.013 (20,000 steps)")."""
+        if self.teacher != "zoo":
+            return f"{self.teacher_steps} steps per λ"
+        from .zoo import budget_text, find
+
+        return "; ".join(dict.fromkeys(budget_text(find(self.family, self.preset, l)) for l in self.lambdas))
 
     def budget_label(self, role: str = "teacher") -> str:
         """How much training a result had, for figure titles: every result names its budget.
@@ -204,7 +225,10 @@ class PipelineConfig:
         when they differ)."""
         if role not in ("teacher", "student", "all"):
             raise FedsLabError(f"budget_label: role must be teacher, student or all, got {role!r}")
-        if role == "all" and self.teacher_steps != self.student_steps:
+        if self.teacher == "zoo" and role != "student":
+            steps = (f"zoo teachers, students {self.student_steps} steps per λ" if role == "all"
+                     else f"zoo teachers ({self.teacher_budget()})")
+        elif role == "all" and self.teacher_steps != self.student_steps:
             steps = f"teacher {self.teacher_steps}, students {self.student_steps} steps per λ"
         else:
             steps = f"{self.student_steps if role == 'student' else self.teacher_steps} steps per λ"
@@ -212,6 +236,19 @@ class PipelineConfig:
         return f"{self.preset} preset, {steps}{ladder}"
 
     # --- the training runs -------------------------------------------------------------------------
+    def teacher_model(self, lmbda: float) -> Path:
+        """The teacher at ``lmbda``, ready: the zoo's, put into the run folder (verified), or trained here
+        (with the smaller lambdas a warm-started ladder starts from; a finished run returns at once)."""
+        if self.teacher == "zoo":
+            from .zoo import install
+
+            return install(self.family, self.preset, lmbda, self.layout.teacher(lmbda))
+        from .training import train
+
+        for l in [x for x in self.lambdas if x < lmbda] if self.warm_start_ladder else []:
+            train(self.train_config("teacher", l))
+        return train(self.train_config("teacher", lmbda))
+
     def train_config(self, role: str, lmbda: float, variant: str | None = None):
         """The TrainConfig of one run of this pipeline: the one place pipeline values map to training.
 
@@ -222,6 +259,9 @@ class PipelineConfig:
 
         values = dict(preset=self.preset, lmbda=float(lmbda), data=self.data, seed=self.seed, device=self.device)
         if role == "teacher":
+            if self.teacher == "zoo":
+                raise FedsLabError("this pipeline's teachers come from the zoo (teacher: zoo): nothing to train; "
+                                   "set teacher: train to train them here")
             values.update(role="teacher", family=self.family, steps=self.teacher_steps,
                           out=str(self.layout.teacher(lmbda)))
             values.update(self.train)

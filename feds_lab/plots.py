@@ -234,6 +234,35 @@ def training_curves(runs: dict[str, str | Path], title: str = "Training") -> Fig
     return fig
 
 
+def zoo_curves(entries: Sequence[dict[str, Any]], title: str = "The zoo's teachers: validation while training") -> Figure:
+    """The validation curves shipped in zoo records (``feds_lab.zoo.entries``): PSNR and real bpp by step,
+    and PSNR against bpp. A fine-tuned lambda's curve starts where its source's training ended."""
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for i, e in enumerate(entries):
+        curve = np.asarray(e["record"].get("val_curve") or [], dtype=float).reshape(-1, 3)
+        if not len(curve):
+            continue
+        plan = e["record"].get("zoo") or {}
+        long = [float(x) for x in plan.get("long", [])]
+        tuned = long and not any(np.isclose(e["lmbda"], x) for x in long)
+        steps = curve[:, 0] + (plan.get("steps", 0) if tuned else 0)
+        label, c = f"λ={e['lmbda']:g}" + (" (fine-tuned)" if tuned else ""), f"C{i}"
+        axes[0].plot(steps, curve[:, 1], "o-", ms=2, color=c, label=label)
+        axes[1].plot(steps, curve[:, 2], "o-", ms=2, color=c, label=label)
+        axes[2].plot(curve[:, 2], curve[:, 1], "-", color=c, alpha=0.4)
+        axes[2].plot(curve[-1:, 2], curve[-1:, 1], "o", color=c, label=label)
+    axes[0].set(title="validation PSNR", xlabel="step (fine-tuned: after their source's)", ylabel="PSNR (dB)")
+    axes[1].set(title="validation rate, real bitstreams", xlabel="step", ylabel="bpp (from bytes)")
+    axes[2].set(title="the path in the RD plane (dot: shipped)", xlabel="bpp", ylabel="PSNR (dB)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
+
+
 def entropy_heatmap(H, image_names, title: str = "Channel entropy") -> Figure:
     """``H`` (M, images) bits per element; rows sorted by mean entropy, highest first."""
     import seaborn as sns

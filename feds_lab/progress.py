@@ -222,7 +222,7 @@ def pipeline_runs(cfg) -> dict[str, Path]:
     the monitor's thread reads these folders then (relative ones found nothing: the default run's
     progress lines named no run)."""
     layout = cfg.layout
-    runs = {f"teacher l{l:g}": layout.teacher(l) for l in cfg.lambdas}
+    runs = {f"teacher l{l:g}": layout.teacher(l) for l in cfg.lambdas} if cfg.teacher == "train" else {}
     for variant in cfg.variants:
         runs.update({f"{variant} l{l:g}": layout.student(variant, l) for l in cfg.lambdas})
     return {name: Path(folder).absolute() for name, folder in runs.items()}

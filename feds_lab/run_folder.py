@@ -28,7 +28,7 @@ NOTEBOOKS = ("01_teacher_training", "02_channel_entropy", "03_distillation", "04
 
 #: Figures copied to the repository's figures/ folder after a run (from runs/<name>/figures/).
 KEY_FIGURES = (
-    "teacher_training_curves.png", "channel_entropy_heatmap.png", "channel_weights.png",
+    "teacher_training_curves.png", "teacher_rd.png", "channel_entropy_heatmap.png", "channel_weights.png",
     "distillation_curves.png", "loss_balance.png", "feature_alignment_by_tap.png", "rd_psnr.png", "rd_ms_ssim.png",
     "bd_rate_table.png", "tune_search.png", "learning_curve.png", "seeds.png",
 )

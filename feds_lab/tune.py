@@ -152,7 +152,10 @@ class Search:
         return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
     def reference(self, role: str, lmbda: float, variant: str | None, log=print, wait: bool = False) -> Path:
-        """The finished checkpoint of one teacher or scratch run (trained here unless ``wait``)."""
+        """The finished checkpoint of one teacher or scratch run (trained here unless ``wait``; a zoo
+        teacher is the zoo's, verified)."""
+        if role == "teacher" and self.pcfg.teacher == "zoo":
+            return self.pcfg.teacher_model(lmbda)
         cfg = self._config(role, lmbda, variant, {})
         path = Path(cfg.out) / MODEL_FILE
         if path.exists() or not wait:

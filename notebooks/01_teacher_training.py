@@ -18,7 +18,8 @@
 #
 # **What this notebook teaches.** A learned image codec is an autoencoder whose latent is quantised and
 # entropy-coded. It is trained to trade *rate* (bits) against *distortion* (error). FEDS starts from a
-# large, strong **teacher**; this notebook trains one teacher per rate-distortion trade-off λ.
+# large, strong **teacher**; this notebook gets one teacher per rate-distortion trade-off λ (from the
+# package's zoo of long-trained teachers, or trained here) and shows how good each is.
 #
 # **How it fits the whole.**
 # **01 teacher** → 02 channel entropy (what the teacher's latent channels carry) → 03 distillation (FEDS
@@ -57,32 +58,39 @@ layout = cfg.layout
 print(cfg.describe())
 
 # %% [markdown]
-# ## Train one teacher per λ
+# ## One teacher per λ: the zoo's, or trained here
 #
-# `feds_lab.training.train` runs the loop (Adam, a separate optimiser for the entropy bottleneck's
-# quantiles, gradient clipping, validation with real bitstreams). Each run folder holds `config.yaml`,
-# `metrics.jsonl` and the final `model.safetensors`. A finished run with the same config is not trained
-# again; an interrupted one resumes from its last checkpoint.
+# Distillation needs a teacher that is ahead of the student trained alone, and a teacher trained for a
+# few hundred steps is not. So by default (`teacher: zoo`) the teachers come from the **zoo** shipped inside
+# the package (`feds-lab zoo list`): trained once for 20,000 steps (the other λ fine-tuned from a neighbour)
+# on Creative Commons photographs, each file checked against its sha256 before use and copied into this
+# run folder. With `teacher: train` this notebook trains them instead (`feds_lab.training.train`: Adam, a
+# separate optimiser for the entropy bottleneck's quantiles, gradient clipping, validation with real
+# bitstreams); a finished run with the same config is not trained again, an interrupted one resumes.
 
 # %%
-from feds_lab.training import train
-
-teachers = {}
-for lmbda in cfg.lambdas:
-    teachers[lmbda] = train(cfg.train_config("teacher", lmbda))
+teachers = {lmbda: cfg.teacher_model(lmbda) for lmbda in cfg.lambdas}
+print(f"teachers ({cfg.teacher}): {cfg.teacher_budget()}")
 teachers
 
 # %% [markdown]
-# ## Loss and validation curves
+# ## How they were trained
 #
-# Left: the training loss and its two terms (rate in bpp, distortion as MSE). Right: validation on
-# held-out images with **real bitstreams**: bpp from the bytes the rANS coder wrote, PSNR on 8-bit RGB.
+# Zoo teachers: the validation curves shipped in their records (PSNR and bpp from real bitstreams on
+# photographs none of them trained on), a fine-tuned λ's curve starting where its source's ended. Teachers
+# trained here: the training loss and its rate term, and validation on held-out images.
 
 # %%
 from feds_lab import plots
 
-fig = plots.training_curves({f"λ={l:g}": layout.teacher(l) for l in cfg.lambdas},
-                            title=f"Teacher training ({cfg.budget_label('teacher')})")
+if cfg.teacher == "zoo":
+    from feds_lab.zoo import find
+
+    fig = plots.zoo_curves([find(cfg.family, cfg.preset, l) for l in cfg.lambdas],
+                           title=f"Zoo teachers ({cfg.family}, {cfg.preset}): validation while training")
+else:
+    fig = plots.training_curves({f"λ={l:g}": layout.teacher(l) for l in cfg.lambdas},
+                                title=f"Teacher training ({cfg.budget_label('teacher')})")
 plots.save_figure(fig, layout.figure("teacher_training_curves.png"))
 fig
 
@@ -91,13 +99,43 @@ import pandas as pd
 from feds_lab.checkpoint import load_model, read_record
 
 pd.DataFrame([{"λ": l, **{k: read_record(p).get("budget", {}).get(k) for k in ("steps", "batch_size", "crop", "schedule", "lr", "wall_seconds", "device")},
+               "trained on": (read_record(p).get("data") or {}).get("folder", cfg.data or "built-in"),
                "parameters": sum(t.numel() for t in load_model(p).parameters())} for l, p in teachers.items()])
+
+# %% [markdown]
+# ## The teachers against JPEG and WebP
+#
+# Every teacher codes every evaluation image for real (bpp from the bytes); Pillow's JPEG and WebP are
+# swept over their quality settings on the same images. The BD-rate reads: the bits the teacher ladder
+# needs for the same PSNR, against JPEG (negative = fewer), averaged over the quality range both cover,
+# with a 95 % bootstrap interval over images. Notebook 04 reuses these evaluations (the evaluation cache).
+
+# %%
+from feds_lab.data import eval_images
+from feds_lab.evaluation.bdrate import bd_table
+from feds_lab.evaluation.curves import evaluate_curve
+from feds_lab.evaluation.cache import resolve_cache
+from feds_lab.evaluation.rd_analysis import config_cache
+from feds_lab.evaluation.anchors import run_anchors
+from feds_lab.evaluation.results import save_results
+
+images = eval_images(cfg.eval_data or cfg.data, cfg.eval_split)
+curve = evaluate_curve(f"teacher ({cfg.family})", teachers, images, f"teacher, {cfg.budget_label('teacher')}",
+                       resolve_cache(None, default=config_cache(cfg)))
+save_results(curve, layout.teacher_results)
+anchors = run_anchors(images, codecs=[c for c in ("jpeg", "webp") if c in cfg.anchors] or ["jpeg"], progress=False)
+fig = plots.rd_curves([curve, *anchors.values()], metric="psnr",
+                      title=f"Teachers against JPEG and WebP, {len(images)} evaluation images ({cfg.budget_label('teacher')})")
+plots.save_figure(fig, layout.figure("teacher_rd.png"))
+display(fig)
+pd.DataFrame(bd_table(anchors["jpeg"], [curve], bootstrap=1000, strict=False)).round(3)
 
 # %% [markdown]
 # ## Things to try
 #
-# - **More steps** (`teacher_steps`, or the `small` preset): `docs/method.md` shows that a hyperprior passes JPEG
-#   on two CPU cores after about 6,000 steps at 128 px crops. Look for validation PSNR still climbing.
+# - **Train the teachers here** (`teacher: train`, then `teacher_steps`): `docs/method.md` shows that a hyperprior
+#   passes JPEG on two CPU cores after about 6,000 steps at 128 px crops; a few hundred steps give a teacher
+#   that is no better than its student trained alone. Look for validation PSNR still climbing.
 # - **Crop size** (`train={"crop": 128}`): at 64 px crops the hyper-latent $z$ is 1×1; watch the rate term.
 # - **Another family** (`family="transformer"`): a Swin-only codec; compare its curves with the CNN's.
 # - **MS-SSIM** (`train={"metric": "ms-ssim"}`, needs crops ≥ 192 px): the distortion term changes to $1-\text{MS-SSIM}$.

@@ -57,11 +57,9 @@ print(cfg.describe())
 # %%
 from feds_lab.checkpoint import load_model, read_record
 from feds_lab.data import eval_images
-from feds_lab.training import train
 
 lmbda = cfg.lambdas[len(cfg.lambdas) // 2]            # the middle of the ladder
-for l in cfg.lambdas[: cfg.lambdas.index(lmbda) + 1]:  # a warm-started ladder needs its predecessors
-    ckpt = train(cfg.train_config("teacher", l))       # returns at once when notebook 01 trained it
+ckpt = cfg.teacher_model(lmbda)                       # the zoo's, or notebook 01's (at once)
 teacher = load_model(ckpt)
 budget = read_record(ckpt).get("budget", {})
 images = eval_images(cfg.data, "all")[: cfg.entropy_images]

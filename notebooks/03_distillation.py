@@ -65,7 +65,7 @@ print(cfg.describe())
 # %%
 from feds_lab.training import train
 
-teachers = {l: train(cfg.train_config("teacher", l)) for l in cfg.lambdas}   # at once if notebook 01 ran
+teachers = {l: cfg.teacher_model(l) for l in cfg.lambdas}   # the zoo's, or notebook 01's (at once)
 students = {}
 for variant in cfg.variants:
     for lmbda in cfg.lambdas:

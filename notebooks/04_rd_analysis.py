@@ -53,7 +53,7 @@ print(cfg.describe())
 from feds_lab.data import eval_images
 from feds_lab.training import train
 
-teachers = {l: train(cfg.train_config("teacher", l)) for l in cfg.lambdas}
+teachers = {l: cfg.teacher_model(l) for l in cfg.lambdas}   # the zoo's, or notebook 01's
 students = {(v, l): train(cfg.train_config("student", l, variant=v)) for v in cfg.variants for l in cfg.lambdas}
 images = eval_images(cfg.eval_data or cfg.data, cfg.eval_split)
 print(f"{len(images)} evaluation images: {[n for n, _ in images]}")

@@ -26,7 +26,7 @@ NOTEBOOK = "02_channel_entropy"
 # a token budget (the test trains this teacher before the browser opens; the notebook then finds it
 # finished): 10 steps, no validation passes, 3 small images (see _small_images), one thread (two
 # threads on two shared cores can be ten times slower than one)
-PARAMETERS = {"teacher_steps": 10, "entropy_images": 3, "warm_start_ladder": False, "train": {"crop": 64, "val_every": 0, "threads": 1, "progress": False}}
+PARAMETERS = {"teacher": "train", "teacher_steps": 10, "entropy_images": 3, "warm_start_ladder": False, "train": {"crop": 64, "val_every": 0, "threads": 1, "progress": False}}
 README_SCREENSHOT = REPO / "figures" / "jupyterlab_channel_explorer.png"
 # FEDS_LAB_UPDATE_README_SCREENSHOT=1: the tiny preset's own teacher (300 steps, as `make pipeline`
 # trains it; a few minutes), so the picture shows images rather than noise, copied to figures/

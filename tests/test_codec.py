@@ -85,7 +85,9 @@ def test_presets_and_paper_ratio():
         for role in ("teacher", "student"):
             counts[preset, role] = sum(p.numel() for p in build_model(role, preset).parameters())
     assert counts["paper", "student"] / counts["paper", "teacher"] <= 0.37
-    assert counts["tiny", "teacher"] < counts["small", "teacher"] < counts["paper", "teacher"]
+    assert counts["tiny", "teacher"] < counts["mini", "teacher"] < counts["small", "teacher"] < counts["paper", "teacher"]
+    for preset in ("tiny", "mini"):  # the zoo's presets: the student a quarter of its teacher
+        assert 0.2 < counts[preset, "student"] / counts[preset, "teacher"] < 0.3
     with pytest.raises(ValueError, match="unknown preset"):
         build_model("teacher", "huge")
     with pytest.raises(ValueError, match="unknown model family"):

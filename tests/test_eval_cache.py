@@ -228,13 +228,13 @@ def test_the_cache_can_be_turned_off(ckpt, images, tmp_path, monkeypatch, encode
 
 
 def test_pipeline_default_is_beside_the_run_folders(tmp_path):
-    from feds_lab.evaluation.rd_analysis import _config_cache
+    from feds_lab.evaluation.rd_analysis import config_cache
     from feds_lab.pipeline import PipelineConfig
 
     cfg = PipelineConfig().updated({"runs_dir": str(tmp_path)}).resolved()
-    assert resolve_cache(None, default=_config_cache(cfg)).folder == tmp_path / ".eval-cache"
+    assert resolve_cache(None, default=config_cache(cfg)).folder == tmp_path / ".eval-cache"
     off = PipelineConfig().updated({"runs_dir": str(tmp_path), "eval_cache": False}).resolved()  # YAML's `off`
-    assert off.eval_cache == "off" and not resolve_cache(None, default=_config_cache(off)).enabled
+    assert off.eval_cache == "off" and not resolve_cache(None, default=config_cache(off)).enabled
     assert off.resume_key() == cfg.resume_key()  # where the cache is changes no result
     rel = PipelineConfig().updated({"runs_dir": str(tmp_path), "eval_cache": "somewhere"}).resolved()
     assert rel.eval_cache.startswith("/")  # notebooks run in notebooks/: never relative

@@ -183,9 +183,9 @@ def test_check_output(tmp_path):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"teacher_steps": 0}, "teacher_steps"),  # once silently the preset's 400
+    ({"teacher": "train", "teacher_steps": 0}, "teacher_steps"),  # once silently the preset's 400
     ({"student_steps": 0}, "student_steps"),
-    ({"teacher_steps": -5}, "teacher_steps"),
+    ({"teacher": "train", "teacher_steps": -5}, "teacher_steps"),
     ({"student_steps": 2.5}, "student_steps"),
     ({"lambdas": [0.01, -0.1]}, "lambdas"),
     ({"lambdas": [float("nan")]}, "lambdas"),
@@ -202,6 +202,7 @@ def test_pipeline_values_are_checked_before_any_kernel(values, message):
 
 
 def test_pipeline_defaults_and_explicit_values():
-    cfg = PipelineConfig().updated({"teacher_steps": 7, "name": "my-run.2"}).resolved()
+    cfg = PipelineConfig().updated({"teacher": "train", "teacher_steps": 7, "name": "my-run.2"}).resolved()
     assert cfg.teacher_steps == 7 and cfg.student_steps > 0 and cfg.name == "my-run.2"
-    assert PipelineConfig().resolved().teacher_steps > 0  # None: the preset's
+    assert PipelineConfig(teacher="train").resolved().teacher_steps > 0  # None: the preset's
+    assert PipelineConfig().resolved().teacher == "zoo"  # the default: the shipped, long-trained ladder

@@ -23,7 +23,7 @@ LAMBDAS = [0.0018, 0.0067, 0.025, 0.0483]
 
 def _records(tmp_path, **config) -> dict[str, Variant]:
     """The variant records of a run of ``config``, with its teacher's and JPEG's: an analysis' roles."""
-    cfg = PipelineConfig(runs_dir=str(tmp_path), lambdas=LAMBDAS, **config).resolved()
+    cfg = PipelineConfig(teacher="train", runs_dir=str(tmp_path), lambdas=LAMBDAS, **config).resolved()
     return {**cfg.variant_records(), "teacher": Variant.teacher(cfg.teacher_steps, cfg.seed),
             "anchor:jpeg": Variant.anchor("jpeg")}
 
@@ -43,7 +43,7 @@ def _ladder(name, rate_factor, steps, cost, tmp_path):
 
 
 def test_curve_variants_expand_from_the_config(tmp_path):
-    cfg = PipelineConfig(name="lc", runs_dir=str(tmp_path), student_steps=300, lambdas=LAMBDAS,
+    cfg = PipelineConfig(teacher="train", name="lc", runs_dir=str(tmp_path), student_steps=300, lambdas=LAMBDAS,
                          learning_curve={"feds": [100, 300], "scratch": [100, 300, 600]}).resolved()
     assert sorted(cfg.variants) == ["feds", "feds@100", "scratch", "scratch@100", "scratch@600"]
     budget = cfg.variant_records()["scratch@600"]
@@ -56,9 +56,9 @@ def test_curve_variants_expand_from_the_config(tmp_path):
     assert cfg.resolved().variants == cfg.variants  # resolving twice changes nothing
     assert split_curve_variant("feds@600") == ("feds", 600) and split_curve_variant("no_align") == ("no_align", None)
     with pytest.raises(FedsLabError, match="not a variant"):
-        PipelineConfig(runs_dir=str(tmp_path), learning_curve={"fedz": [100]}).resolved()
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), learning_curve={"fedz": [100]}).resolved()
     with pytest.raises(FedsLabError, match="positive whole number"):
-        PipelineConfig(runs_dir=str(tmp_path), learning_curve={"feds": [0]}).resolved()
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), learning_curve={"feds": [0]}).resolved()
 
 
 def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
@@ -126,7 +126,7 @@ def test_the_reference_variant_is_what_every_other_variant_is_measured_against(t
     assert not any("@" in a or "@" in t for a, t in pairs)
     assert ("teacher", "student feds") not in pairs  # feds is only a variant here
     with pytest.raises(FedsLabError, match="reference: 'fedz' is not a variant"):
-        PipelineConfig(runs_dir=str(tmp_path), reference="fedz").resolved()
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), reference="fedz").resolved()
 
 
 def test_a_config_adds_its_own_pairs_and_a_variant_its_own_family(tmp_path):
@@ -134,7 +134,7 @@ def test_a_config_adds_its_own_pairs_and_a_variant_its_own_family(tmp_path):
     measured against the CNN scratch baseline that ``comparisons`` names."""
     variants = {"feds": {}, "scratch": {"baseline": "scratch"}, "cnn_feds": {"family": "cnn"},
                 "cnn_scratch": {"family": "cnn", "baseline": "scratch"}}
-    cfg = PipelineConfig(runs_dir=str(tmp_path), family="transformer", variants=variants,
+    cfg = PipelineConfig(teacher="train", runs_dir=str(tmp_path), family="transformer", variants=variants,
                          comparisons=[["cnn_scratch", "cnn_feds"], ["teacher", "cnn_feds"]]).resolved()
     assert cfg.train_config("student", cfg.lambdas[0], "cnn_feds").family == "cnn"
     assert cfg.train_config("student", cfg.lambdas[0], "feds").family == "transformer"
@@ -146,7 +146,7 @@ def test_a_config_adds_its_own_pairs_and_a_variant_its_own_family(tmp_path):
     assert len(pairs) == len(set(pairs))  # a pair the rules already make is not made twice
     for bad, match in (([["cnn_scratch", "cnn_fedz"]], "not variants"), ([["scratch"]], r"\[anchor, test\]")):
         with pytest.raises(FedsLabError, match=match):
-            PipelineConfig(runs_dir=str(tmp_path), variants=variants, comparisons=bad).resolved()
+            PipelineConfig(teacher="train", runs_dir=str(tmp_path), variants=variants, comparisons=bad).resolved()
 
 
 def test_a_table_of_several_feds_variants_keeps_them_apart(tmp_path):

@@ -60,7 +60,7 @@ def test_a_notebook_reads_every_parameter_from_the_runs_pipeline_yaml(tmp_path):
     data.mkdir()
     written = PipelineConfig().updated(dict(
         name="r", runs_dir=str(tmp_path / "runs"), family="transformer", lambdas=[0.1, 0.2, 0.3, 0.4],
-        teacher_steps=7, data=str(data), entropy_images=3, train={"crop": 64},
+        teacher="train", teacher_steps=7, data=str(data), entropy_images=3, train={"crop": 64},
         variants={"feds": {"alpha": 0.5}}, warm_start_ladder=False, anchors=["jpeg"])).resolved()
     layout = RunLayout(written.run_dir)
     layout.root.mkdir(parents=True)

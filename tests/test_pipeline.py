@@ -6,12 +6,13 @@ import pytest
 
 from feds_lab.errors import FedsLabError
 from feds_lab.pipeline import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, PipelineConfig, PipelineError, run_pipeline
+from feds_lab.zoo import find, verified_path
 
 LAMBDAS = [0.0035, 0.0067, 0.013, 0.025]
 
 
 def tiny(tmp_path, **kw):
-    values = dict(name="t", runs_dir=str(tmp_path / "runs"), lambdas=LAMBDAS, teacher_steps=6, student_steps=6,
+    values = dict(name="t", runs_dir=str(tmp_path / "runs"), lambdas=LAMBDAS, teacher="train", teacher_steps=6, student_steps=6,
                   anchors=["jpeg"], entropy_images=2, figures_dir=str(tmp_path / "figures"),
                   train={"batch_size": 2, "val_every": 0, "progress": False}, threads=1)
     values.update(kw)
@@ -22,7 +23,8 @@ def tiny(tmp_path, **kw):
 def pipeline_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     logs: list[str] = []
-    cfg = tiny(tmp, seeds={"feds": [1], "scratch": [1]})  # seed replicas: notebook 04's seed table
+    # the default teachers: the zoo's (the "teacher: train" path runs in the tests below and in test_progress)
+    cfg = tiny(tmp, teacher="zoo", teacher_steps=None, seeds={"feds": [1], "scratch": [1]})  # + notebook 04's seed table
     run_dir = run_pipeline(cfg, log=logs.append)
     return cfg, run_dir, logs
 
@@ -37,7 +39,7 @@ def test_pipeline_writes_everything(pipeline_run):
         injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
         assert injected and f'run_dir = "{run.resolve()}"' in "".join(injected[0]["source"])
         printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-        assert "teacher steps 6, student steps 6" in printed, name
+        assert "zoo teachers (" in printed and "student steps 6" in printed, name
         # every notebook shows its figures (not "<Figure size ...>" text): in JupyterLab and in the report
         images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
         assert len(images) >= (2 if name == "02_channel_entropy" else 1), name
@@ -48,7 +50,10 @@ def test_pipeline_writes_everything(pipeline_run):
     results = {p.name for p in (run / "results").glob("*.json")}
     assert {"teacher.json", "student_feds.json", "student_scratch.json"} <= results
     teacher = json.loads((run / "results" / "teacher.json").read_text())
-    assert len(teacher["results"]["bpp"]) == 4 and teacher["meta"]["records"]["0.0035"]["budget"]["steps"] == 6
+    assert len(teacher["results"]["bpp"]) == 4 and teacher["meta"]["records"]["0.013"]["budget"]["steps"] == 20_000
+    for lmbda in LAMBDAS:  # the zoo's files, verified and copied in
+        assert (run / "teacher" / f"l{lmbda:g}" / "model.safetensors").read_bytes() == \
+            verified_path(find("cnn", "tiny", lmbda)).read_bytes()
     assert teacher["meta"]["threads"] == 1  # the kernel took the pipeline's threads (torch's default is 2+)
     bd = (run / "results" / "bd_rate.csv").read_text().splitlines()
     assert bd[0].startswith("anchor,test") and len(bd) == 1 + 6  # feds-teacher, scratch-teacher, feds-scratch, 3 x JPEG
@@ -59,7 +64,8 @@ def test_pipeline_writes_everything(pipeline_run):
     assert (run / "figures" / "seeds.png").is_file()
     state = json.loads((run / "state.json").read_text())
     assert list(state) == list(NOTEBOOKS)
-    for fig in ("teacher_training_curves.png", "channel_entropy_heatmap.png", "distillation_curves.png", "rd_psnr.png"):
+    for fig in ("teacher_training_curves.png", "teacher_rd.png", "channel_entropy_heatmap.png", "distillation_curves.png",
+                "rd_psnr.png"):
         assert (run / "figures" / fig).stat().st_size > 10_000
         assert (cfg.figures_dir and (run.parent.parent / "figures" / fig).is_file())
     assert set(p.name for p in (run.parent.parent / "figures").iterdir()) <= set(KEY_FIGURES) | set(KEY_TABLES)

@@ -19,7 +19,7 @@ def teacher_notebook_run(tmp_path_factory):
     """Notebook 01 alone: four tiny teachers of a few steps, progress every second."""
     tmp = tmp_path_factory.mktemp("progress")
     cfg = PipelineConfig().updated(dict(
-        name="p", runs_dir=str(tmp / "runs"), lambdas=LAMBDAS, teacher_steps=STEPS, student_steps=STEPS,
+        name="p", runs_dir=str(tmp / "runs"), lambdas=LAMBDAS, teacher="train", teacher_steps=STEPS, student_steps=STEPS,
         notebooks=["01_teacher_training"], figures_dir=None, threads=1,
         train={"batch_size": 2, "val_every": 0}))  # progress bars left on: the kernel must not draw them
     logs: list[str] = []
@@ -201,7 +201,7 @@ def test_the_monitor_finds_runs_while_papermill_has_changed_the_directory(tmp_pa
     from feds_lab.progress import NotebookMonitor, pipeline_runs
 
     monkeypatch.chdir(tmp_path)
-    cfg = PipelineConfig(lambdas=[0.0018, 0.0067, 0.025, 0.0932]).resolved()
+    cfg = PipelineConfig(teacher="train", lambdas=[0.0018, 0.0067, 0.025, 0.0932]).resolved()
     runs = pipeline_runs(cfg)
     folder = runs["teacher l0.0018"]
     assert folder.is_absolute()

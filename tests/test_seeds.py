@@ -24,7 +24,7 @@ def _runs(factors, noise, rng):
 
 
 def test_seeds_expand_into_variants(tmp_path):
-    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=[0.0018, 0.0067, 0.025, 0.0483],
+    cfg = PipelineConfig(teacher="train", name="s", runs_dir=str(tmp_path), lambdas=[0.0018, 0.0067, 0.025, 0.0483],
                          variants={"feds": {"alpha": 0.01}, "scratch": {"baseline": "scratch"}},
                          seeds={"feds": [1, 2], "scratch": [2]}).resolved()
     assert sorted(cfg.variants) == ["feds", "feds_s1", "feds_s2", "scratch", "scratch_s2"]
@@ -38,13 +38,13 @@ def test_seeds_expand_into_variants(tmp_path):
     assert cfg.variant_records()["scratch_s2"].kind == "scratch" and not replica.primary
     assert cfg.resolved().variants == cfg.variants  # resolving twice changes nothing
     with pytest.raises(FedsLabError, match="not a variant"):
-        PipelineConfig(runs_dir=str(tmp_path), seeds={"fedz": [1]}).resolved()
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), seeds={"fedz": [1]}).resolved()
     with pytest.raises(FedsLabError, match="repeats seed 0"):  # the variant's own seed is the config's
-        PipelineConfig(runs_dir=str(tmp_path), seeds={"feds": [0]}).resolved()
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), seeds={"feds": [0]}).resolved()
     with pytest.raises(FedsLabError, match="non-negative integer"):
-        PipelineConfig(runs_dir=str(tmp_path), seeds={"feds": ["one"]}).resolved()
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), seeds={"feds": ["one"]}).resolved()
     with pytest.raises(FedsLabError, match="other overrides"):  # a hand-written feds_s1 that is not feds on seed 1
-        PipelineConfig(runs_dir=str(tmp_path), variants={"feds": {}, "feds_s1": {"alpha": 3.0}},
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), variants={"feds": {}, "feds_s1": {"alpha": 3.0}},
                        seeds={"feds": [1]}).resolved()
 
 
@@ -82,7 +82,7 @@ def _results(name, factor, tmp_path, seed):
 
 def _analysis(files, tmp_path, bootstrap, **config) -> RDAnalysis:
     """The analysis of a run of ``config`` whose results are ``files`` (one per variant, named as it)."""
-    records = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=LAMBDAS, **config).resolved().variant_records()
+    records = PipelineConfig(teacher="train", name="s", runs_dir=str(tmp_path), lambdas=LAMBDAS, **config).resolved().variant_records()
     return RDAnalysis(files=files, names={f.stem: f.stem for f in files if f.stem in records}, summary=None,
                       params_speed=None, bootstrap=bootstrap, variants=records)
 
@@ -116,7 +116,7 @@ def test_seed_table_pairs_each_seed_and_pools(tmp_path):
 
 
 def test_a_learning_curve_budget_takes_seeds(tmp_path):
-    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=LAMBDAS, student_steps=300,
+    cfg = PipelineConfig(teacher="train", name="s", runs_dir=str(tmp_path), lambdas=LAMBDAS, student_steps=300,
                          variants={"feds": {"alpha": 0.01}, "scratch": {"baseline": "scratch"}},
                          learning_curve={"feds": [600], "scratch": [600]},
                          seeds={"feds@600": [1, 2], "scratch@600": [1]}).resolved()
@@ -129,7 +129,7 @@ def test_a_learning_curve_budget_takes_seeds(tmp_path):
     assert (replica.base, replica.budget, replica.steps, replica.seed, replica.replica_of) == ("feds", 600, 600, 2, "feds@600")
     assert cfg.resolved().variants == cfg.variants
     with pytest.raises(FedsLabError, match="learning_curve entry"):  # a budget the curve does not train
-        PipelineConfig(runs_dir=str(tmp_path), seeds={"feds@600": [1]}).resolved()
+        PipelineConfig(teacher="train", runs_dir=str(tmp_path), seeds={"feds@600": [1]}).resolved()
 
 
 def test_a_budget_s_seeds_are_pooled_against_scratch_at_that_budget(tmp_path):

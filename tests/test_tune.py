@@ -51,7 +51,7 @@ def _small_photos(folder):
 
 @pytest.mark.slow
 def test_tiny_search_runs_and_resumes(tmp_path, one_thread):
-    cfg = PipelineConfig(name="t", runs_dir=str(tmp_path), teacher_steps=2, student_steps=3,
+    cfg = PipelineConfig(name="t", runs_dir=str(tmp_path), teacher="train", teacher_steps=2, student_steps=3,
                          lambdas=[0.0018, 0.0067, 0.025, 0.0483], threads=1, data=str(_small_photos(tmp_path / "photos")),
                          train={"train_split": "tune-train", "crop": 64, "batch_size": 2})
     search = Search(cfg)
@@ -80,7 +80,7 @@ def test_tiny_search_runs_and_resumes(tmp_path, one_thread):
 
 
 def test_designed_trials_are_queued_once(tmp_path):
-    cfg = PipelineConfig(name="q", runs_dir=str(tmp_path), lambdas=[0.0018, 0.0067, 0.025, 0.0483],
+    cfg = PipelineConfig(name="q", runs_dir=str(tmp_path), teacher="train", lambdas=[0.0018, 0.0067, 0.025, 0.0483],
                          data=str(tmp_path))
     search = Search(cfg)
     probes = tmp_path / "probes.yaml"

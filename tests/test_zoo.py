@@ -76,13 +76,23 @@ def test_unknown_lambdas_and_bad_manifests_are_clear_errors(zoo):
 
 def test_the_shipped_zoo_verifies_and_its_ladders_are_monotonic():
     """Every file the package ships matches its manifest; each ladder's validation rate rises with lambda."""
+    import os
+
     shipped = entries()
+
+    def paths(value):  # the training machine's absolute paths stay out of what ships
+        if isinstance(value, dict):
+            return [p for v in value.values() for p in paths(v)]
+        if isinstance(value, list):
+            return [p for v in value for p in paths(v)]
+        return [value] if isinstance(value, str) and os.path.isabs(value) else []
+
     for e in shipped:
-        verified_path(e)
-    for family in {e["family"] for e in shipped}:
-        rows = [e for e in shipped if e["family"] == family]
+        assert not paths(read_record(verified_path(e))) and not paths(e), e["name"]
+    for family, preset in {(e["family"], e["preset"]) for e in shipped}:
+        rows = [e for e in shipped if (e["family"], e["preset"]) == (family, preset)]
         bpp = [e["record"]["val"]["bpp"] for e in rows if e["record"].get("val")]
-        assert bpp == sorted(bpp)
+        assert bpp == sorted(bpp), (family, preset)
 
 
 def test_the_ladder_plan_fine_tunes_each_lambda_from_its_nearest_long_one(tmp_path):
@@ -141,3 +151,53 @@ def test_zoo_info_shows_the_file_s_record_with_its_data(zoo, capsys):
     assert shown["sha256"] == entry["sha256"] and shown["record"]["data"]["split"] == "tune-train"
     assert shown["record"]["storage"] == "float16"
     assert main(["zoo", "info", "nope", "--zoo-dir", str(d)]) == 1
+
+
+# --- the pipeline's teachers come from the shipped zoo ------------------------------------------------
+
+def test_the_pipeline_takes_its_teachers_from_the_shipped_zoo_by_default(tmp_path):
+    from feds_lab.errors import FedsLabError
+    from feds_lab.pipeline import PipelineConfig
+    from feds_lab.zoo import sha256
+
+    cfg = PipelineConfig(name="z", runs_dir=str(tmp_path)).resolved()
+    assert cfg.teacher == "zoo" and cfg.teacher_steps is None
+    lmbda = cfg.lambdas[0]
+    path = cfg.teacher_model(lmbda)  # verified, then put where a trained teacher would be
+    assert path == cfg.layout.teacher_model(lmbda) and sha256(path) == find("cnn", "tiny", lmbda)["sha256"]
+    stamp = path.stat().st_mtime_ns
+    assert cfg.teacher_model(lmbda) == path and path.stat().st_mtime_ns == stamp  # not copied again
+    path.write_bytes(b"not a model")  # a run folder's copy that changed is replaced by the zoo's
+    assert sha256(cfg.teacher_model(lmbda)) == find("cnn", "tiny", lmbda)["sha256"]
+    assert cfg.train_config("student", lmbda, "feds").teacher == str(path)
+    assert "zoo teachers" in cfg.budget_label("teacher") and "steps" in cfg.teacher_budget()
+    with pytest.raises(FedsLabError, match="nothing to train"):
+        cfg.train_config("teacher", lmbda)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"lambdas": [0.0018, 0.0067, 0.025, 0.0483]}, r"no cnn tiny teacher at lambda 0.0018 .*teacher: train"),
+    ({"family": "compressai:mbt2018-mean"}, r"no compressai:mbt2018-mean tiny teacher .*none yet"),
+    ({"teacher_steps": 50}, r"teacher_steps train\(s\) teachers, but teacher is 'zoo'.*teacher: train"),
+    ({"teacher_ladder": "first"}, r"teacher_ladder .*teacher: train"),
+    ({"teacher": "hub"}, r"teacher must be one of \['zoo', 'train'\]"),
+])
+def test_what_the_zoo_cannot_give_is_a_clear_error(values, message, tmp_path):
+    from feds_lab.errors import FedsLabError
+    from feds_lab.pipeline import PipelineConfig
+
+    with pytest.raises(FedsLabError, match=message):
+        PipelineConfig(runs_dir=str(tmp_path)).updated(values).resolved()
+    if "teacher" not in values:  # the same values train their teachers when asked to
+        PipelineConfig(runs_dir=str(tmp_path), teacher="train").updated(values).resolved()
+
+
+def test_a_tampered_zoo_file_is_not_installed(zoo, tmp_path):
+    from feds_lab.zoo import install
+
+    d, entry = zoo
+    f = d / entry["file"]
+    f.write_bytes(f.read_bytes()[:-1] + bytes([f.read_bytes()[-1] ^ 1]))
+    with pytest.raises(ZooError, match="does not match its manifest"):
+        install("cnn", "tiny", 0.013, tmp_path / "run", zoo_dir=d)
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -157,7 +157,7 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
     folder, ``"off"`` or an ``EvalCache``), else ``FEDS_LAB_EVAL_CACHE``, else ``cfg.eval_cache`` (default
     ``<runs_dir>/.eval-cache``). How many points came from it is printed (stderr: the pipeline's log too)
     and kept in ``RDAnalysis.evaluation_cache``."""
-    cache = resolve_cache(cache, default=_config_cache(cfg))
+    cache = resolve_cache(cache, default=config_cache(cfg))
     layout = cfg.layout
     layout.results.mkdir(parents=True, exist_ok=True)
     budget = {role: cfg.budget_label(role) for role in ("teacher", "student")}
@@ -208,7 +208,7 @@ def analyse_run(cfg, teachers: dict[float, Path], students: dict[tuple[str, floa
                                         "from_cache": cache.hits, "computed": cache.computed})
 
 
-def _config_cache(cfg) -> str | Path:
+def config_cache(cfg) -> str | Path:
     """The evaluation cache a pipeline config asks for: its ``eval_cache``, or ``<runs_dir>/.eval-cache``."""
     value = getattr(cfg, "eval_cache", None)
     return Path(cfg.runs_dir) / DIRNAME if value is None else value

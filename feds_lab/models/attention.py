@@ -12,13 +12,20 @@ rounding (``tests/test_transformer_family.py``).
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block, WindowAttention
+
+#: the compiled blocks of each stage (torch.compile, fixed shapes), used only inside compiled_stages():
+#: kept beside the modules, not in them, so that state dicts, copies and coding never see them
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_USE_COMPILED = False
 
 ATTENTION_KERNELS = ("sdpa", "timm")
 ATTENTION_KERNEL = "timm"  # measured: sdpa no faster on CPU for windows of 16-64 tokens (benchmarks/train_throughput.py)
@@ -35,6 +42,40 @@ def attention_kernel(kind: str) -> Iterator[None]:
         yield
     finally:
         ATTENTION_KERNEL = old
+
+
+def compile_stages(model: nn.Module) -> int:
+    """Compile the blocks of every Swin-V2 stage of ``model`` for the steps run inside
+    :func:`compiled_stages` (training steps: fixed crop sizes, so ``dynamic=False``); returns how many.
+
+    The stages alone, not the whole model: measured on CPU (``benchmarks/train_throughput.py``), they
+    are where compiling pays, and compiling the CNN family's convolutions crashed torch 2.14.1. The
+    first step compiles (about a minute on a two-core CPU; seconds once inductor's cache holds it)."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, SwinV2Stage) and m not in _COMPILED:
+            _COMPILED[m] = torch.compile(m.blocks, dynamic=False)
+            n += 1
+    return n
+
+
+@contextmanager
+def compiled_stages(enabled: bool = True) -> Iterator[None]:
+    """Inside: stages given to :func:`compile_stages` run compiled. Outside (validation, coding, any
+    image size): eager, exactly as without it."""
+    global _USE_COMPILED
+    old, _USE_COMPILED = _USE_COMPILED, enabled
+    try:
+        yield
+    finally:
+        _USE_COMPILED = old
+
+
+def _compile_failed(error: BaseException) -> None:
+    """No compiler on this machine, or a backend error: warn once, and every stage runs eager from now on."""
+    _COMPILED.clear()
+    warnings.warn(f"compiling the attention stages failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                  "training goes on uncompiled (set compile: none to skip the attempt)", RuntimeWarning, stacklevel=3)
 
 
 class SwinV2WindowAttention(WindowAttention):
@@ -95,4 +136,13 @@ class SwinV2Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # timm's V2 block works on channels-last maps and adds its own residual
-        return self.blocks(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        x = x.permute(0, 2, 3, 1)
+        fast: Callable | None = _COMPILED.get(self) if _USE_COMPILED else None
+        if fast is not None:
+            try:
+                return fast(x).permute(0, 3, 1, 2).contiguous()
+            except Exception as e:  # the compiler's own failures only; anything else is the caller's
+                if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                    raise
+                _compile_failed(e)
+        return self.blocks(x).permute(0, 3, 1, 2).contiguous()

@@ -48,6 +48,7 @@ from ..data import eval_images, load_dataset
 from ..errors import CheckpointError, FedsLabError
 from ..losses import RateDistortionLoss
 from ..models import build_model
+from ..models.attention import compile_stages, compiled_stages
 from ..threads import ThreadGovernor
 from . import distributed
 from .config import TRAIN_SPLITS, ConfigError, TrainConfig
@@ -176,6 +177,10 @@ def _build(cfg: TrainConfig, dd: Distributed, saved: dict[str, Any] | None, say)
     if saved:
         say(f"{cfg.out}: resuming at step {run.step} of {cfg.steps} ({run.stage.value})")
     objective.train()
+    if cfg.compiles:
+        compile_stages(model)
+        if teacher is not None:
+            compile_stages(teacher)
     step_fn: nn.Module = objective if not dd.active else _data_parallel(objective, device)
     separate_clip = cfg.clip_mode == "separate" and not dd.active
     if cfg.clip_mode == "separate" and dd.active:
@@ -249,14 +254,15 @@ def _one_step(cfg: TrainConfig, dd: Distributed, parts: _Parts, step: int, stop:
     run, objective = parts.run, parts.objective
     x = parts.dataset.sample_batch(step, cfg.batch_size, cfg.seed)[parts.rows].to(dd.device, non_blocking=True)
     teacher_out = None
-    if objective.uses_teacher(run.stage):
-        with torch.no_grad():
-            teacher_out = parts.teacher(x, return_features=True)
-    active = objective.active_terms(run.stage)
-    balance = bool(active) and parts.weights.needs_measurement(step, active, cfg.balance_every)
-    log_grads = bool(active) and bool(cfg.grad_log_every) and step % cfg.grad_log_every == 0
-    _, grads, lr = train_step(run, parts.step_fn, x, teacher_out, step, measure=balance or log_grads,
-                              balance=balance, separate_clip=parts.separate_clip, stopping=stop.requested)
+    with compiled_stages(cfg.compiles):
+        if objective.uses_teacher(run.stage):
+            with torch.no_grad():
+                teacher_out = parts.teacher(x, return_features=True)
+        active = objective.active_terms(run.stage)
+        balance = bool(active) and parts.weights.needs_measurement(step, active, cfg.balance_every)
+        log_grads = bool(active) and bool(cfg.grad_log_every) and step % cfg.grad_log_every == 0
+        _, grads, lr = train_step(run, parts.step_fn, x, teacher_out, step, measure=balance or log_grads,
+                                  balance=balance, separate_clip=parts.separate_clip, stopping=stop.requested)
     run.last_grads, run.last_lr = grads, lr
     return step + 1
 

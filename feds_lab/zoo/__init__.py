@@ -28,10 +28,9 @@ import hashlib
 import json
 import math
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import CheckpointError, one_line
 
@@ -41,6 +40,10 @@ MANIFEST_FORMAT = "feds-lab-zoo/1"
 #: the fields every manifest entry has
 _ENTRY_FIELDS = {"name": str, "file": str, "sha256": str, "family": str, "preset": str, "role": str,
                  "lmbda": float, "bytes": int, "record": dict}
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ZooError(CheckpointError):
@@ -117,6 +120,34 @@ def load(family: str = "cnn", preset: str = "tiny", lmbda: float = 0.013, role: 
     return load_model(verified_path(find(family, preset, lmbda, role, zoo_dir), zoo_dir), device=device)
 
 
+def install(family: str, preset: str, lmbda: float, run_dir: str | os.PathLike, role: str = "teacher",
+            zoo_dir: str | os.PathLike | None = None) -> Path:
+    """Put the zoo's model into a run folder as ``model.safetensors`` (verified first; copied only when
+    the folder holds other bytes), so that a pipeline finds a zoo teacher where it finds a trained one."""
+    from ..io import atomic_write
+
+    entry = find(family, preset, lmbda, role, zoo_dir)
+    src = verified_path(entry, zoo_dir)
+    dst = Path(run_dir) / "model.safetensors"
+    if not (dst.is_file() and dst.stat().st_size == entry["bytes"] and sha256(dst) == entry["sha256"]):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(dst, src.read_bytes())
+    return dst
+
+
+def budget_text(entry: dict[str, Any]) -> str:
+    """How a zoo model was trained, in a few words: "20,000 steps" or "5,000 steps fine-tuned from λ 0.013"."""
+    rec = entry["record"]
+    steps = (rec.get("budget") or {}).get("steps")
+    plan = rec.get("zoo") or {}
+    text = f"{steps:,} steps" if isinstance(steps, int) else "steps unknown"
+    long = [float(x) for x in plan.get("long", [])]
+    if long and not any(math.isclose(entry["lmbda"], x) for x in long):
+        src = min(long, key=lambda x: abs(math.log(x / entry["lmbda"])))
+        text += f" fine-tuned from λ {src:g} ({plan.get('steps', 0):,} steps)"
+    return text
+
+
 def ladder(family: str = "cnn", preset: str = "tiny", role: str = "teacher",
            zoo_dir: str | os.PathLike | None = None) -> dict[float, Path]:
     """{lambda: verified file} of a family's ladder at a preset (empty when the zoo has none)."""
@@ -145,16 +176,47 @@ def publish(checkpoint: str | os.PathLike, zoo_dir: str | os.PathLike | None = N
             if m.get("kind") == "val" and "psnr" in m:
                 curve.append([int(m["step"]), round(float(m["psnr"]), 4), round(float(m["bpp"]), 5)])
         record["val_curve"] = curve  # [step, PSNR dB, bpp] on the run's validation split
+    record = _portable(record)
     cfg = model.config
     name = zoo_name(cfg["family"], cfg["preset"], cfg["role"], float(record["lmbda"]))
     path = save_model(model, zoo_dir / f"{name}.safetensors", record, storage="float16")
     entry = {"name": name, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
              "family": cfg["family"], "preset": cfg["preset"], "role": cfg["role"], "lmbda": float(record["lmbda"]),
              "record": {k: record.get(k) for k in ("budget", "val", "val_curve", "zoo", "commit") if k in record}}
-    data = manifest(zoo_dir)
-    data["models"] = [e for e in data["models"] if e["name"] != name] + [entry]
-    data["models"].sort(key=lambda e: (e["family"], e["preset"], e["role"], e["lmbda"]))
     from ..io import atomic_write
 
-    atomic_write(zoo_dir / MANIFEST, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+    with _manifest_lock(zoo_dir):  # two ladders trained side by side publish into one manifest
+        data = manifest(zoo_dir)
+        data["models"] = [e for e in data["models"] if e["name"] != name] + [entry]
+        data["models"].sort(key=lambda e: (e["family"], e["preset"], e["role"], e["lmbda"]))
+        atomic_write(zoo_dir / MANIFEST, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
     return entry
+
+
+def _portable(value: Any) -> Any:
+    """The record without the training machine's absolute paths: a run's model file becomes
+    ``<run>/model.safetensors`` (the run it came from, e.g. the source of a fine-tuned lambda),
+    any other path its last part (the data folder's name; its files and sources are in ``data``)."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and "\n" not in value:
+        path = Path(value)
+        return f"{path.parent.name}/{path.name}" if path.suffix == ".safetensors" else path.name
+    return value
+
+
+@contextmanager
+def _manifest_lock(zoo_dir: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one publisher at a time is the user's business
+        yield
+        return
+    with open(zoo_dir / ".manifest.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

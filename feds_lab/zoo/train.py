@@ -177,8 +177,9 @@ def train_ladder(plan: LadderPlan, jobs: int = 2, interim: str | None = None, zo
             running[lmbda] = subprocess.Popen(
                 [sys.executable, "-m", "feds_lab.cli", "train", "teacher", "--config", str(yaml_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
-            say(f"{run.name}: training ({cfg.steps} steps"
-                + (f", from {Path(cfg.warm_start).parent.name}" if cfg.warm_start else ", from scratch") + ")")
+            how = ("resuming its saved state" if (run / "state.pt").is_file()
+                   else f"from {Path(cfg.warm_start).parent.name}" if cfg.warm_start else "from scratch")
+            say(f"{run.name}: training ({cfg.steps} steps, {how})")
         if not running:
             raise RuntimeError("nothing can start: " + ", ".join(map(str, pending)))  # unreachable with long sources
         time.sleep(poll)
