@@ -193,3 +193,12 @@ def test_learning_curve_plot_without_any_bd_figure(tmp_path):
     fig = learning_curve(pd.DataFrame(rows))
     fig.savefig(io.BytesIO(), format="png")
     assert sum("not computable" in t.get_text() for t in fig.axes[0].texts) == 4
+
+
+def test_a_study_of_the_teachers_alone_compares_each_pair_once(tmp_path):
+    """scratch as the reference (configs/pipelines/zoo_check.yaml): no row twice, no curve against itself."""
+    names = {"scratch": "student scratch", "teacher": "teacher", "anchor:jpeg": "JPEG"}
+    records = _records(tmp_path, variants={"scratch": {"baseline": "scratch"}}, reference="scratch")
+    pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, reference="scratch",
+                       variants=records).comparisons()
+    assert sorted(pairs) == sorted([("teacher", "student scratch"), ("JPEG", "student scratch"), ("JPEG", "teacher")])

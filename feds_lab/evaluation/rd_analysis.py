@@ -107,7 +107,8 @@ class RDAnalysis:
             for role, name in n.items():
                 if self.variant(role).kind != "anchor":
                     pairs.append((n[jpeg], name))
-        return pairs
+        # with scratch as the reference (a study of the teachers alone) the pairs above repeat or meet themselves
+        return [p for p in dict.fromkeys(pairs) if p[0] != p[1]]
 
     def bd_table_for(self, metric: str = "psnr") -> pd.DataFrame:
         if metric not in self._bd:
