@@ -209,8 +209,7 @@ def training_curves(runs: dict[str, str | Path], title: str = "Training") -> Fig
     ``runs`` maps a label to a run folder holding ``metrics.jsonl``.
     """
     data = _read_runs(runs)
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
+    fig, axes = _three_panels()
     for i, (label, rows) in enumerate(data.items()):
         c = f"C{i}"
         tr = _train_rows(rows)
@@ -226,6 +225,15 @@ def training_curves(runs: dict[str, str | Path], title: str = "Training") -> Fig
     axes[0].set(title="total loss (smoothed)", xlabel="step", ylabel="loss (bpp + λ·255²·MSE)", yscale="log")
     axes[1].set(title="rate term", xlabel="step", ylabel="rate (bpp, likelihood)")
     axes[2].set(title="validation, real bitstreams", xlabel="bpp (bits per pixel, from bytes)", ylabel="PSNR (dB)")
+    return _finish_panels(fig, axes, title)
+
+
+def _three_panels() -> tuple[Figure, Any]:
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    return fig, fig.subplots(1, 3)
+
+
+def _finish_panels(fig: Figure, axes, title: str) -> Figure:
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -237,16 +245,15 @@ def training_curves(runs: dict[str, str | Path], title: str = "Training") -> Fig
 def zoo_curves(entries: Sequence[dict[str, Any]], title: str = "The zoo's teachers: validation while training") -> Figure:
     """The validation curves shipped in zoo records (``feds_lab.zoo.entries``): PSNR and real bpp by step,
     and PSNR against bpp. A fine-tuned lambda's curve starts where its source's training ended."""
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
+    from .zoo import source_of
+
+    fig, axes = _three_panels()
     for i, e in enumerate(entries):
         curve = np.asarray(e["record"].get("val_curve") or [], dtype=float).reshape(-1, 3)
         if not len(curve):
             continue
-        plan = e["record"].get("zoo") or {}
-        long = [float(x) for x in plan.get("long", [])]
-        tuned = long and not any(np.isclose(e["lmbda"], x) for x in long)
-        steps = curve[:, 0] + (plan.get("steps", 0) if tuned else 0)
+        tuned = source_of(e) is not None
+        steps = curve[:, 0] + ((e["record"].get("zoo") or {}).get("steps", 0) if tuned else 0)
         label, c = f"λ={e['lmbda']:g}" + (" (fine-tuned)" if tuned else ""), f"C{i}"
         axes[0].plot(steps, curve[:, 1], "o-", ms=2, color=c, label=label)
         axes[1].plot(steps, curve[:, 2], "o-", ms=2, color=c, label=label)
@@ -255,12 +262,7 @@ def zoo_curves(entries: Sequence[dict[str, Any]], title: str = "The zoo's teache
     axes[0].set(title="validation PSNR", xlabel="step (fine-tuned: after their source's)", ylabel="PSNR (dB)")
     axes[1].set(title="validation rate, real bitstreams", xlabel="step", ylabel="bpp (from bytes)")
     axes[2].set(title="the path in the RD plane (dot: shipped)", xlabel="bpp", ylabel="PSNR (dB)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.suptitle(title)
-    return fig
+    return _finish_panels(fig, axes, title)
 
 
 def entropy_heatmap(H, image_names, title: str = "Channel entropy") -> Figure:

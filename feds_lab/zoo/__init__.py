@@ -30,7 +30,7 @@ import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from ..errors import CheckpointError, one_line
 
@@ -137,15 +137,25 @@ def install(family: str, preset: str, lmbda: float, run_dir: str | os.PathLike, 
 
 def budget_text(entry: dict[str, Any]) -> str:
     """How a zoo model was trained, in a few words: "20,000 steps" or "5,000 steps fine-tuned from λ 0.013"."""
-    rec = entry["record"]
-    steps = (rec.get("budget") or {}).get("steps")
-    plan = rec.get("zoo") or {}
+    steps = (entry["record"].get("budget") or {}).get("steps")
     text = f"{steps:,} steps" if isinstance(steps, int) else "steps unknown"
-    long = [float(x) for x in plan.get("long", [])]
-    if long and not any(math.isclose(entry["lmbda"], x) for x in long):
-        src = min(long, key=lambda x: abs(math.log(x / entry["lmbda"])))
-        text += f" fine-tuned from λ {src:g} ({plan.get('steps', 0):,} steps)"
+    src = source_of(entry)
+    if src is not None:
+        text += f" fine-tuned from λ {src:g} ({(entry['record'].get('zoo') or {}).get('steps', 0):,} steps)"
     return text
+
+
+def source_of(entry: dict[str, Any]) -> float | None:
+    """The lambda a zoo model was fine-tuned from, by its record's ladder plan (the nearest long lambda,
+    as :meth:`feds_lab.zoo.train.LadderPlan.source` chose it); None for a long one or without a plan."""
+    return nearest_long(entry["lmbda"], [float(x) for x in ((entry["record"].get("zoo") or {}).get("long") or [])])
+
+
+def nearest_long(lmbda: float, long: Sequence[float]) -> float | None:
+    """The long lambda (log distance) a fine-tuned ``lmbda`` starts from; None for a long one (or none given)."""
+    if not long or any(math.isclose(lmbda, x) for x in long):
+        return None
+    return min(long, key=lambda x: abs(math.log(x / lmbda)))
 
 
 def ladder(family: str = "cnn", preset: str = "tiny", role: str = "teacher",

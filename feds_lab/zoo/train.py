@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ZOO_DIR, publish, zoo_name
+from . import ZOO_DIR, nearest_long, publish, zoo_name
 
 
 @dataclass
@@ -53,9 +53,7 @@ class LadderPlan:
 
     def source(self, lmbda: float) -> float | None:
         """The lambda a fine-tuned lambda starts from: the nearest long one (log distance); None for a long one."""
-        if any(math.isclose(lmbda, x) for x in self.long):
-            return None
-        return min(self.long, key=lambda x: abs(math.log(x / lmbda)))
+        return nearest_long(lmbda, self.long)
 
     def config(self, lmbda: float):
         from ..training.config import TrainConfig
@@ -196,15 +194,18 @@ def train_ladder(plan: LadderPlan, jobs: int = 2, interim: str | None = None, zo
                                    f"{run.parent / (run.name + '.log')}. The same command resumes it.")
             say(f"{run.name}: finished, {_progress(run)}")
             if publish_when_done:
-                extra = {"zoo": {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("runs", "extra")},
-                         "data": data_record(plan.data, plan.split), "commit": _commit()}
-                entry = publish(run / "model.safetensors", zoo_dir or ZOO_DIR, extra)
+                entry = _publish(plan, run, zoo_dir)
                 published.append(entry)
                 say(f"published {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}...)")
     for lmbda in plan.order():  # runs finished before this call are published too (idempotent)
         run = Path(plan.runs) / plan.name(lmbda)
         if publish_when_done and _finished(run) and not any(e["name"] == run.name for e in published):
-            extra = {"zoo": {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("runs", "extra")},
-                     "data": data_record(plan.data, plan.split), "commit": _commit()}
-            published.append(publish(run / "model.safetensors", zoo_dir or ZOO_DIR, extra))
+            published.append(_publish(plan, run, zoo_dir))
     return published
+
+
+def _publish(plan: LadderPlan, run: Path, zoo_dir: str | None) -> dict[str, Any]:
+    """A finished run into the zoo, its record holding the plan, the data's sources and the commit."""
+    extra = {"zoo": {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("runs", "extra")},
+             "data": data_record(plan.data, plan.split), "commit": _commit()}
+    return publish(run / "model.safetensors", zoo_dir or ZOO_DIR, extra)
