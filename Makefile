@@ -21,6 +21,7 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	@bash tools/ensure_chromium.sh
+	@bash tools/ensure_postgres.sh
 	$(PY) -m pytest -q
 
 # everything but the tests marked slow (training, notebooks through papermill, a browser): no

@@ -55,38 +55,58 @@ class TuneError(FedsLabError):
 
 
 def suggest(trial) -> dict[str, Any]:
-    """TrainConfig overrides for one trial (ours). alpha, beta, gamma are each term's gradient norm
-    as a share of L_RD's (``balance="grad"``); the stage split is drawn as the fine-tuning share and
-    stage 1's share of the rest."""
-    norm = trial.suggest_categorical("norm", ["channel", "none"])
-    stage3 = trial.suggest_float("stage3", 0.1, 0.4)
-    align = trial.suggest_float("align_share", 0.2, 0.6)
-    s1 = round(align * (1 - stage3), 3)
-    s3 = round(stage3, 3)
-    values = {
-        **FIXED,
-        "feature_norm": norm, "latent_norm": norm,
-        "alpha": trial.suggest_float("alpha", 0.01, 1.0, log=True),
-        "beta": trial.suggest_float("beta", 0.01, 1.0, log=True),
-        "gamma": trial.suggest_float("gamma", 0.01, 1.0, log=True),
-        "tau": trial.suggest_float("tau", 0.5, 8.0, log=True),
-        "ramp": trial.suggest_categorical("ramp", ["constant", "cosine"]),
-        "clip_mode": trial.suggest_categorical("clip_mode", ["total", "separate"]),
-        "stage_split": [s1, round(1 - s1 - s3, 3), s3],
-    }
-    # aligning the analysis features (and the latent) pulls the student toward the teacher's rate;
-    # aligning the synthesis alone asks for a better decoder at the student's own rate (ours)
-    if trial.suggest_categorical("taps", ["all", "synthesis"]) == "synthesis":
-        values["taps"] = list(SYNTHESIS_TAPS)
+    """TrainConfig overrides for one trial (ours). ``form``: ``feds`` (the method's terms: alpha, beta,
+    gamma are each term's gradient norm as a share of L_RD's, ``balance="grad"``; the stage split is
+    drawn as the fine-tuning share and stage 1's share of the rest) or ``prim`` (beyond FEDS: PRIM's
+    latent MSE and reconstruction MSE beside L_RD for the whole run, raw scales, plain weights; its
+    paper's best is 0.75 and 0.75 relative to L_RD). ``init`` (beyond FEDS): the student starts from
+    the teacher's sliced weights, none, the entropy model alone, or all that fit."""
+    form = trial.suggest_categorical("form", list(FORMS))
+    if form == "prim":
+        values = {"alpha": 0.0, "weighting": "uniform", "latent_norm": "none", "output_scale": "raw",
+                  "balance": "none", "ramp": "constant", "clip_mode": "total", "stage_split": [0.0, 1.0, 0.0],
+                  "finetune_lr_factor": 1.0,
+                  "beta": trial.suggest_float("prim_latent", 0.1, 3.0, log=True),
+                  "gamma": trial.suggest_float("prim_recon", 0.1, 3.0, log=True)}
+    else:
+        norm = trial.suggest_categorical("norm", ["channel", "none"])
+        stage3 = trial.suggest_float("stage3", 0.1, 0.4)
+        align = trial.suggest_float("align_share", 0.2, 0.6)
+        s1 = round(align * (1 - stage3), 3)
+        s3 = round(stage3, 3)
+        values = {
+            **FIXED,
+            "feature_norm": norm, "latent_norm": norm,
+            "alpha": trial.suggest_float("alpha", 0.01, 1.0, log=True),
+            "beta": trial.suggest_float("beta", 0.01, 1.0, log=True),
+            "gamma": trial.suggest_float("gamma", 0.01, 1.0, log=True),
+            "tau": trial.suggest_float("tau", 0.5, 8.0, log=True),
+            "ramp": trial.suggest_categorical("ramp", ["constant", "cosine"]),
+            "clip_mode": trial.suggest_categorical("clip_mode", ["total", "separate"]),
+            "stage_split": [s1, round(1 - s1 - s3, 3), s3],
+        }
+        # aligning the analysis features (and the latent) pulls the student toward the teacher's rate;
+        # aligning the synthesis alone asks for a better decoder at the student's own rate (ours)
+        if trial.suggest_categorical("taps", ["all", "synthesis"]) == "synthesis":
+            values["taps"] = list(SYNTHESIS_TAPS)
+    init = trial.suggest_categorical("init", list(INITS))
+    if init != "none":
+        values.update(init_from_teacher=True, init_scope=init)
     return values
+
+
+FORMS = ("feds", "prim")
+INITS = ("none", "entropy", "all")
 
 
 SYNTHESIS_TAPS = ("gs1", "gs2", "gs3")
 
 
 #: A first trial at a sensible prior (ours), so that the search starts from it rather than from noise.
-PRIOR = {"norm": "channel", "stage3": 0.3, "align_share": 0.4, "alpha": 0.1, "beta": 0.1, "gamma": 0.1,
-         "tau": 2.0, "ramp": "cosine", "clip_mode": "separate", "taps": "all"}
+PRIOR = {"form": "feds", "norm": "channel", "stage3": 0.3, "align_share": 0.4, "alpha": 0.1, "beta": 0.1,
+         "gamma": 0.1, "tau": 2.0, "ramp": "cosine", "clip_mode": "separate", "taps": "all", "init": "none"}
+#: every parameter a trial may hold (the FEDS form's and the PRIM form's)
+SEARCH_PARAMETERS = frozenset(PRIOR) | {"prim_latent", "prim_recon"}
 
 
 # --- the curves ------------------------------------------------------------------------------------
@@ -138,7 +158,8 @@ class Search:
         study = optuna.create_study(storage=self.storage(), study_name=self.study_name, direction="minimize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
         if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials):
-            study.enqueue_trial(PRIOR)  # (again, if every trial so far failed)
+            # (again, if every trial so far failed); once, however many workers open a new study
+            study.enqueue_trial(PRIOR, skip_if_exists=not study.trials)
         return study
 
     # --- what every trial compares against -------------------------------------------------------
@@ -226,7 +247,7 @@ class Search:
         points = yaml.safe_load(Path(path).read_text())
         if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
             raise TuneError(f"{path}: expected a YAML list of parameter mappings (name: value)")
-        known = set(PRIOR)
+        known = SEARCH_PARAMETERS
         for p in points:
             if set(p) - known:
                 raise TuneError(f"{path}: unknown search parameter(s) {sorted(set(p) - known)}; known: {sorted(known)}")

@@ -122,7 +122,8 @@ bd
 # minus the teacher's at the same rate, on the teacher's Pareto front (its dominated points left out),
 # interpolated in log-rate, averaged over the student's points inside the front's rate range (none
 # extrapolated; `points` of `of` say how many), with a 95 % bootstrap over images. Ours, not the
-# paper's measure: positive means the student is ahead of its teacher.
+# paper's measure: positive means the student is ahead of its teacher. A learning curve's budgets
+# (`feds@1200` ...) get a row each: how far the teacher is ahead at each student budget.
 
 # %%
 gap = results.teacher_gap()

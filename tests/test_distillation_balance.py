@@ -12,6 +12,7 @@ import torch
 from feds_lab import build_model
 from feds_lab.losses import EntropyWeightedChannelDistillation, feature_alignment_loss, standardize
 from feds_lab.training import TrainConfig, read_metrics, train
+from feds_lab.training.config import ConfigError
 from feds_lab.training.init import init_from_teacher
 from feds_lab.training.stages import DistillationWeights, StagePlan
 from feds_lab.training.trainer import _separately_clipped_backward
@@ -106,6 +107,29 @@ def test_init_from_teacher_copies_leading_slices():
     name = "g_a.stages.0.0.conv1.weight"
     s = dict(student.named_parameters())[name]
     assert torch.equal(s, t[name][: s.shape[0], : s.shape[1]])
+
+
+@pytest.mark.parametrize("family", ["cnn", "transformer"])
+def test_init_from_teacher_entropy_scope_copies_the_entropy_model_alone(family):
+    torch.manual_seed(0)
+    teacher, student = build_model("teacher", preset="tiny", family=family), build_model("student", preset="tiny", family=family)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    out = init_from_teacher(student, teacher, scope="entropy")
+    assert out["tensors"] > 10 and 0 < out["fraction"] < 1
+    t = dict(teacher.named_parameters())
+    for name, p in student.named_parameters():
+        if name.startswith("latent_codec.") and name in t and p.dim() == t[name].dim():
+            assert torch.equal(p, t[name][tuple(slice(0, n) for n in p.shape)]), name
+        elif not name.startswith("latent_codec."):
+            assert torch.equal(p, before[name]), f"{name}: a transform weight was copied"
+
+
+def test_init_scope_needs_init_from_teacher():
+    with pytest.raises(ConfigError, match="init_scope 'entropy' needs init_from_teacher"):
+        TrainConfig(role="student", teacher="t.safetensors", init_scope="entropy", steps=10, batch_size=2, crop=64,
+                    lr=1e-3, schedule="onecycle").check()
+    with pytest.raises(ValueError, match="unknown init scope"):
+        init_from_teacher(build_model("student", preset="tiny"), build_model("teacher", preset="tiny"), scope="hyper")
 
 
 # --- in a real run -------------------------------------------------------------------------------

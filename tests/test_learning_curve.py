@@ -202,3 +202,18 @@ def test_a_study_of_the_teachers_alone_compares_each_pair_once(tmp_path):
     pairs = RDAnalysis(files=[], names=names, summary=None, params_speed=None, reference="scratch",
                        variants=records).comparisons()
     assert sorted(pairs) == sorted([("teacher", "student scratch"), ("JPEG", "student scratch"), ("JPEG", "teacher")])
+
+
+def test_the_teacher_gap_is_measured_at_every_budget(tmp_path):
+    files, names = [], {}
+    for role, factor, steps in (("teacher", 0.7, 1000), ("feds", 1.1, 200), ("feds@100", 1.3, 100),
+                                ("scratch", 1.0, 200), ("scratch@100", 1.2, 100)):
+        files.append(_ladder(role, factor, steps, 1.0, tmp_path))
+        names[role] = role
+    records = _records(tmp_path, student_steps=200, variants={"feds": {}, "scratch": {"baseline": "scratch"}},
+                       learning_curve={"feds": [100], "scratch": [100]})
+    gap = RDAnalysis(files=files, names=names, summary=None, params_speed=None, bootstrap=50,
+                     variants=records).teacher_gap()
+    assert list(gap["test"]) == ["feds", "scratch", "feds@100", "scratch@100"]
+    by = gap.set_index("test")["gap_db"]
+    assert by["feds@100"] < by["feds"] < 0 and by["scratch@100"] < by["scratch"] < 0  # fewer steps, further behind

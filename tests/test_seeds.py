@@ -111,6 +111,10 @@ def test_seed_table_pairs_each_seed_and_pools(tmp_path):
     assert not any("_s" in a or "_s" in t for a, t in pairs)
     assert {f.stem for f in analysis.curve_files()} == {"scratch", "feds", "no_align"}
     seed_comparison(table)
+    # a row between students says it is one draw where one of them has one seed, and only there
+    notes = {(r["anchor"], r["test"]): r["note"] for r in analysis.bd_table.to_dict("records")}
+    assert "one draw" not in notes[("scratch", "feds")]
+    assert "one draw" in notes[("feds", "no_align")] and "one draw" in notes[("scratch", "no_align")]
     # no seeds: no table
     assert RDAnalysis(files=files, names={n: n for n in factors}, summary=None, params_speed=None).seed_table().empty
 

@@ -10,7 +10,7 @@ import pytest
 
 from feds_lab.data import split_files
 from feds_lab.pipeline import PipelineConfig
-from feds_lab.tune import Search, psnr_gain_at_matched_rate, summary, write_summary
+from feds_lab.tune import PRIOR, Search, psnr_gain_at_matched_rate, suggest, summary, write_summary
 
 optuna = pytest.importorskip("optuna")
 
@@ -25,6 +25,21 @@ def test_psnr_gain_at_matched_rate_by_hand():
     crossing = (np.array([0.1, 0.2, 0.3, 1.0]), np.array([20.0, 24.0, 22.0, 30.0]))
     assert psnr_gain_at_matched_rate(crossing, [(0.3, 25.0)]) == pytest.approx(1.0 - 6 * np.log10(1.5) / np.log10(5))
     assert psnr_gain_at_matched_rate(crossing, [(10.0, 40.0)]) == pytest.approx(10.0 - 6 / np.log10(5))
+
+
+def test_search_space_holds_the_feds_and_prim_forms_and_the_teacher_init(tmp_path):
+    from optuna.trial import FixedTrial
+
+    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), lambdas=[0.0035, 0.0067, 0.025, 0.0932])
+    student = cfg.resolved().train_config("student", 0.0067, "feds")
+    prim = suggest(FixedTrial({"form": "prim", "prim_latent": 0.75, "prim_recon": 0.5, "init": "entropy"}))
+    assert prim["beta"] == 0.75 and prim["gamma"] == 0.5 and prim["alpha"] == 0.0
+    assert prim["balance"] == "none" and prim["stage_split"] == [0.0, 1.0, 0.0] and prim["latent_norm"] == "none"
+    assert prim["init_from_teacher"] is True and prim["init_scope"] == "entropy"
+    feds = suggest(FixedTrial(PRIOR))
+    assert feds["balance"] == "grad" and "init_from_teacher" not in feds and feds["alpha"] == 0.1
+    for values in (prim, feds):
+        student.updated(values).resolved().check()  # each form is a valid student config
 
 
 def test_tune_splits_are_disjoint_from_the_reported_split():
@@ -96,4 +111,4 @@ def test_designed_trials_are_queued_once(tmp_path):
     from pathlib import Path
 
     assert Search(cfg.updated({"name": "q2"})).enqueue(Path(__file__).parent.parent / "configs/tune/probes.yaml",
-                                                       log=lambda m: None) == 6
+                                                       log=lambda m: None) == 9

@@ -10,7 +10,7 @@ from feds_lab import build_model
 from feds_lab.checkpoint import read_record, save_model
 from feds_lab.coding import decode, encode
 from feds_lab.data import builtin_split
-from feds_lab.zoo import ZooError, entries, find, ladder, load, manifest, publish, verified_path
+from feds_lab.zoo import ZooError, budget_text, entries, find, ladder, load, manifest, publish, source_of, verified_path
 from feds_lab.zoo.train import LadderPlan, seed_from_interim
 
 
@@ -107,6 +107,22 @@ def test_the_ladder_plan_fine_tunes_each_lambda_from_its_nearest_long_one(tmp_pa
     assert long.warm_start is None and long.steps == plan.steps
 
 
+def test_a_lambda_beyond_the_ladder_s_end_chains_from_its_neighbour(tmp_path):
+    plan = LadderPlan(runs=str(tmp_path), lambdas=(0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025),
+                      long=(0.013,), sources={0.0018: 0.0035, 0.0009: 0.0018})
+    plan.check()
+    assert plan.source(0.0018) == 0.0035 and plan.source(0.0009) == 0.0018 and plan.source(0.0035) == 0.013
+    order = plan.order()
+    assert order.index(0.0035) < order.index(0.0018) < order.index(0.0009)
+    assert plan.config(0.0009).resolved().warm_start.endswith("cnn-tiny-teacher-l0.0018/model.safetensors")
+    from feds_lab.errors import FedsLabError
+
+    for sources, message in (({0.0018: 0.5}, "other lambdas of the ladder"), ({0.013: 0.0035}, "is a long lambda"),
+                             ({0.0018: 0.0009, 0.0009: 0.0018}, "round in a circle")):
+        with pytest.raises(FedsLabError, match=message):
+            LadderPlan(lambdas=plan.lambdas, long=plan.long, sources=sources).check()
+
+
 def test_a_run_folder_that_is_gone_is_seeded_from_the_interim_state(tmp_path):
     interim = tmp_path / "interim" / "cnn-tiny-teacher-l0.013"
     interim.mkdir(parents=True)
@@ -140,6 +156,16 @@ def test_zoo_train_trains_fine_tunes_and_publishes_a_ladder(tmp_path):
     assert read_record(verified_path(got[1], tmp_path / "zoo"))["warm_start"].endswith("l0.013/model.safetensors")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "training" not in again.stderr
+    # the ladder grows past its end: the new lambda chains from a fine-tuned one; the others stay as published
+    before = {e["name"]: e["sha256"] for e in got}
+    longer = cmd[:6] + ["0.0067,0.013,0.025", "--from", "0.0067=0.025"] + cmd[7:]
+    grown = subprocess.run(longer, capture_output=True, text=True, timeout=600, env=env)
+    assert grown.returncode == 0, grown.stderr[-2000:]
+    assert "cnn-tiny-teacher-l0.0067: training (3 steps, from cnn-tiny-teacher-l0.025)" in grown.stderr
+    now = {e["name"]: e for e in entries(tmp_path / "zoo")}
+    assert {n: now[n]["sha256"] for n in before} == before
+    assert source_of(now["cnn-tiny-teacher-l0.0067"]) == 0.025 and source_of(now["cnn-tiny-teacher-l0.025"]) == 0.013
+    assert "fine-tuned from λ 0.025" in budget_text(now["cnn-tiny-teacher-l0.0067"])
 
 
 def test_zoo_info_shows_the_file_s_record_with_its_data(zoo, capsys):

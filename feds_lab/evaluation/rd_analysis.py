@@ -34,6 +34,10 @@ from .results import load_results, save_results
 from .seeds import seed_table
 
 
+#: the note of a BD row between students where one was trained on one seed
+ONE_DRAW = "one seed: one draw of the training's noise (the interval is over images only)"
+
+
 @dataclass
 class RDAnalysis:
     files: list[Path]  # every results file, learned codecs first
@@ -113,14 +117,27 @@ class RDAnalysis:
     def bd_table_for(self, metric: str = "psnr") -> pd.DataFrame:
         if metric not in self._bd:
             by_name = {load_results(f)["name"]: f for f in self.files}
+            role_of = {name: role for role, name in self.names.items()}
             rows = []
             for anchor, test in self.comparisons():
-                rows += bd_table(by_name[anchor], [by_name[test]], metric=metric, bootstrap=self.bootstrap, strict=False)
+                found = bd_table(by_name[anchor], [by_name[test]], metric=metric, bootstrap=self.bootstrap, strict=False)
+                if self._one_draw(role_of.get(anchor), role_of.get(test)):
+                    for row in found:
+                        row["note"] = "; ".join(n for n in (row.get("note"), ONE_DRAW) if n)
+                rows += found
             df = pd.DataFrame(rows)
             if "note" not in df.columns:
                 df["note"] = ""
             self._bd[metric] = df.fillna({"note": ""})
         return self._bd[metric]
+
+    def _one_draw(self, *roles: str | None) -> bool:
+        """Whether a row compares two students of which one or both were trained on one seed only: its
+        interval covers the images, not the training's own noise (two machines' draws have differed in sign)."""
+        if not all(r in self.variants and self.variant(r).is_student for r in roles):
+            return False
+        seeded = self.seed_groups
+        return any(len(seeded.get(r, {})) < 2 for r in roles)
 
     def teacher_gap(self, metric: str = "psnr") -> pd.DataFrame:
         """Every student against the teacher at matched rate (:func:`~.bdrate.matched_rate_gap`): the figure
@@ -130,6 +147,9 @@ class RDAnalysis:
         by_name = {load_results(f)["name"]: f for f in self.files}
         shown = self.primary()
         roles = [r for r in dict.fromkeys([self.reference, "scratch", *shown]) if r in shown and self.variant(r).is_student]
+        # and each learning-curve budget on its own seed: how far the teacher is ahead at each budget
+        roles += sorted((r for r, v in self.variants.items() if r in self.names and v.is_student
+                         and v.budget is not None and v.replica_of is None), key=lambda r: (self.variant(r).base, self.variant(r).budget))
         return pd.DataFrame([matched_rate_gap(by_name[self.names["teacher"]], by_name[self.names[r]], metric=metric,
                                               bootstrap=self.bootstrap) for r in roles])
 

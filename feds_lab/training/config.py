@@ -25,6 +25,7 @@ import yaml
 from ..errors import FedsLabError
 from ..losses import DEFAULT_TAPS, DISTILLATION_WEIGHTINGS, FEATURE_NORMS, FEATURE_WEIGHTINGS, METRICS, MS_SSIM_MIN_SIDE
 from ..presets import LAMBDAS, PRESET_NAMES, ROLES, train_preset
+from .init import INIT_SCOPES
 
 SCHEDULES = ("constant", "onecycle")
 CLIP_MODES = ("total", "separate")
@@ -128,6 +129,10 @@ class TrainConfig:
     #: beyond FEDS, reported apart: start the student from the teacher's weights, channel-sliced
     #: where the shapes allow (as EVC- and KDIC-style students are built); FEDS students only
     init_from_teacher: bool = setting(False, groups=('distillation',))
+    #: which of the student's weights ``init_from_teacher`` copies: ``all`` (every weight whose shape
+    #: fits) or ``entropy`` (the entropy model alone: hyperprior, context model, entropy parameters;
+    #: the transforms stay random), as RS-LLIC-style students reuse the teacher's entropy model (ours)
+    init_scope: str = setting("all", groups=('distillation',), choices=INIT_SCOPES)
     warmup: float = 0.3  #: one-cycle warm-up share of the steps (torch's pct_start)
 
     # --- data ------------------------------------------------------------------------------------
@@ -260,6 +265,8 @@ class TrainConfig:
         need(0 < self.warmup < 1, f"warmup must be a share of the steps between 0 and 1, got {self.warmup}")
         need(not self.init_from_teacher or self.distills,
              "init_from_teacher needs a FEDS student with a teacher (it copies the teacher's weights)")
+        need(self.init_from_teacher or self.init_scope == "all",
+             f"init_scope {self.init_scope!r} needs init_from_teacher: true (it says which weights it copies)")
         need(self.crop >= 64 and self.crop % 64 == 0, f"crop must be a positive multiple of 64 px, got {self.crop}")
         need(self.metric != "ms-ssim" or self.crop >= MS_SSIM_MIN_SIDE,
              f"metric ms-ssim needs crops of at least {MS_SSIM_MIN_SIDE} px (five scales), got {self.crop}; "

@@ -163,8 +163,8 @@ def _build(cfg: TrainConfig, dd: Distributed, saved: dict[str, Any] | None, say)
         load_weights(model, cfg.warm_start)
         say(f"warm start from {cfg.warm_start}")
     elif saved is None and cfg.init_from_teacher:
-        copied = init_from_teacher(model, teacher)
-        say(f"initialised from the teacher (beyond FEDS): {copied['tensors']} tensors, "
+        copied = init_from_teacher(model, teacher, cfg.init_scope)
+        say(f"initialised from the teacher (beyond FEDS, {cfg.init_scope}): {copied['tensors']} tensors, "
             f"{copied['fraction']:.0%} of the student's weights, channel-sliced")
     objective = TrainingObjective.for_config(cfg, model, teacher).to(device)
     plan = StagePlan.from_config(cfg)
@@ -540,7 +540,7 @@ def training_record(cfg: TrainConfig, dd: Distributed, teacher: nn.Module | None
         "metric": cfg.metric,
         "teacher": {"path": str(cfg.teacher), "fingerprint": fingerprint(teacher)} if teacher is not None else None,
         "warm_start": cfg.warm_start,
-        "init_from_teacher": cfg.init_from_teacher,
+        "init_from_teacher": cfg.init_scope if cfg.init_from_teacher else False,
         "budget": {
             "steps": cfg.steps, "batch_size": cfg.batch_size, "crop": cfg.crop, "schedule": cfg.schedule,
             "lr": cfg.lr, "aux_lr": cfg.aux_lr, "stage_split": list(cfg.stage_split) if cfg.role == "student" else None,

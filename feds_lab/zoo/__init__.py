@@ -146,9 +146,22 @@ def budget_text(entry: dict[str, Any]) -> str:
 
 
 def source_of(entry: dict[str, Any]) -> float | None:
-    """The lambda a zoo model was fine-tuned from, by its record's ladder plan (the nearest long lambda,
-    as :meth:`feds_lab.zoo.train.LadderPlan.source` chose it); None for a long one or without a plan."""
-    return nearest_long(entry["lmbda"], [float(x) for x in ((entry["record"].get("zoo") or {}).get("long") or [])])
+    """The lambda a zoo model was fine-tuned from, by its record's ladder plan (as
+    :meth:`feds_lab.zoo.train.LadderPlan.source` chose it); None for a long one or without a plan."""
+    plan = entry["record"].get("zoo") or {}
+    sources = {float(k): float(v) for k, v in (plan.get("sources") or {}).items()}  # JSON keys are strings
+    return source_in(entry["lmbda"], [float(x) for x in plan.get("long") or []], sources)
+
+
+def source_in(lmbda: float, long: Sequence[float], sources: dict[float, float] | None = None) -> float | None:
+    """The lambda a fine-tuned ``lmbda`` starts from: its entry of ``sources`` (a chain beyond the
+    ladder's end), else the nearest long lambda; None for a long one (or none given)."""
+    if long and any(math.isclose(lmbda, x) for x in long):
+        return None
+    for k, v in (sources or {}).items():
+        if math.isclose(float(k), lmbda):
+            return float(v)
+    return nearest_long(lmbda, long)
 
 
 def nearest_long(lmbda: float, long: Sequence[float]) -> float | None:

@@ -36,6 +36,9 @@ def add_zoo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--lambdas", default=",".join(f"{x:g}" for x in d.lambdas), help="the ladder, comma-separated")
     p.add_argument("--long", default=",".join(f"{x:g}" for x in d.long),
                    help="lambdas trained from scratch for --steps (the others are fine-tuned from the nearest)")
+    p.add_argument("--from", dest="sources", action="append", metavar="LAMBDA=SOURCE", default=[],
+                   help="fine-tune LAMBDA from SOURCE instead of the nearest long lambda (e.g. 0.0018=0.0035: "
+                        "a lambda beyond the ladder's end from its neighbour); repeatable")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -95,10 +98,17 @@ def _cmd_info(args) -> None:
 
 
 def _cmd_train(args) -> None:
+    from ..errors import FedsLabError
     from .train import LadderPlan, save_interim, train_ladder
 
     lambdas, long = _floats(args.lambdas, "--lambdas"), _floats(args.long, "--long")
-    plan = LadderPlan(family=args.family, preset=args.preset, lambdas=lambdas, long=long, steps=args.steps,
+    sources = {}
+    for item in args.sources:
+        lmbda, sep, src = item.partition("=")
+        if not sep:
+            raise FedsLabError(f"--from takes LAMBDA=SOURCE, e.g. 0.0018=0.0035; got {item!r}")
+        sources[_floats(lmbda, "--from")[0]] = _floats(src, "--from")[0]
+    plan = LadderPlan(family=args.family, preset=args.preset, lambdas=lambdas, long=long, sources=sources, steps=args.steps,
                       finetune_steps=args.finetune_steps, lr=args.lr, finetune_lr=args.finetune_lr,
                       data=str(Path(args.data).resolve()) if args.data else None, runs=args.runs)
     if args.save_interim:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ZOO_DIR, nearest_long, publish, zoo_name
+from . import ZOO_DIR, publish, source_in, zoo_name
 
 
 @dataclass
@@ -37,6 +37,9 @@ class LadderPlan:
     #: 0.9 bpp on Kodak-like photographs once trained
     lambdas: tuple[float, ...] = (0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932)
     long: tuple[float, ...] = (0.013, 0.0483)  #: trained from scratch for ``steps``
+    #: {fine-tuned lambda: the lambda it starts from} where that is not the nearest long one: a lambda
+    #: beyond the ladder's end is fine-tuned from its neighbour, which may be fine-tuned itself (a chain)
+    sources: dict[float, float] = field(default_factory=dict)
     steps: int = 20_000  #: one-cycle over all steps, peak ``lr`` (the preset's batch and crop)
     lr: float = 2e-3
     finetune_steps: int = 5_000  #: the others: warm-started from the nearest trained lambda
@@ -52,8 +55,31 @@ class LadderPlan:
         return zoo_name(self.family, self.preset, "teacher", lmbda)
 
     def source(self, lmbda: float) -> float | None:
-        """The lambda a fine-tuned lambda starts from: the nearest long one (log distance); None for a long one."""
-        return nearest_long(lmbda, self.long)
+        """The lambda a fine-tuned lambda starts from: its entry of ``sources``, else the nearest long one
+        (log distance); None for a long one."""
+        return source_in(lmbda, self.long, self.sources)
+
+    def check(self) -> None:
+        """Every source is a lambda of the ladder and every chain ends at a long lambda."""
+        from ..errors import FedsLabError
+
+        def has(x: float) -> bool:
+            return any(math.isclose(x, y) for y in self.lambdas)
+
+        if not self.long or not all(has(x) for x in self.long):
+            raise FedsLabError(f"the long lambdas {list(self.long)} must be lambdas of the ladder {list(self.lambdas)}")
+        for lmbda, src in self.sources.items():
+            if not has(lmbda) or not has(src) or math.isclose(lmbda, src):
+                raise FedsLabError(f"--from {lmbda:g}={src:g}: both must be other lambdas of the ladder {list(self.lambdas)}")
+            if any(math.isclose(lmbda, x) for x in self.long):
+                raise FedsLabError(f"--from {lmbda:g}={src:g}: {lmbda:g} is a long lambda (trained from scratch)")
+        for lmbda in self.lambdas:
+            seen, x = [lmbda], self.source(lmbda)
+            while x is not None:
+                if any(math.isclose(x, y) for y in seen):
+                    raise FedsLabError("the fine-tuning sources go round in a circle: " + " <- ".join(f"{v:g}" for v in seen + [x]))
+                seen.append(x)
+                x = self.source(x)
 
     def config(self, lmbda: float):
         from ..training.config import TrainConfig
@@ -68,9 +94,13 @@ class LadderPlan:
         return TrainConfig(**{**values, **self.extra})
 
     def order(self) -> list[float]:
-        """The long lambdas first, then the fine-tuned ones nearest their source first."""
+        """The long lambdas first, then the fine-tuned ones by the length of their chain, nearest their
+        source first."""
+        def depth(x: float) -> int:
+            return 0 if self.source(x) is None else 1 + depth(self.source(x))
+
         rest = [x for x in self.lambdas if self.source(x) is not None]
-        return list(self.long) + sorted(rest, key=lambda x: abs(math.log(self.source(x) / x)))
+        return list(self.long) + sorted(rest, key=lambda x: (depth(x), abs(math.log(self.source(x) / x))))
 
 
 def _finished(run: Path) -> bool:
@@ -147,6 +177,7 @@ def _commit() -> str | None:
 def train_ladder(plan: LadderPlan, jobs: int = 2, interim: str | None = None, zoo_dir: str | None = None,
                  publish_when_done: bool = True, poll: float | None = None, say=print) -> list[dict[str, Any]]:
     """Train (or resume) every lambda of ``plan``, ``jobs`` processes at a time; publish each finished run."""
+    plan.check()
     interim_dir = Path(interim) if interim else None
     poll = poll if poll is not None else float(os.environ.get("FEDS_LAB_ZOO_POLL", "60"))
     published = []
@@ -199,9 +230,23 @@ def train_ladder(plan: LadderPlan, jobs: int = 2, interim: str | None = None, zo
                 say(f"published {entry['file']} ({entry['bytes'] / 1e6:.1f} MB, sha256 {entry['sha256'][:12]}...)")
     for lmbda in plan.order():  # runs finished before this call are published too (idempotent)
         run = Path(plan.runs) / plan.name(lmbda)
-        if publish_when_done and _finished(run) and not any(e["name"] == run.name for e in published):
+        if (publish_when_done and _finished(run) and not any(e["name"] == run.name for e in published)
+                and not _published(run, zoo_dir)):
             published.append(_publish(plan, run, zoo_dir))
     return published
+
+
+def _published(run: Path, zoo_dir: str | None) -> bool:
+    """Whether the zoo already holds this very run (same budget record and validation): a later ladder
+    that adds a lambda leaves its neighbours' files and records as they are."""
+    from ..checkpoint import read_record
+    from . import entries
+
+    mine = read_record(run / "model.safetensors")
+    for e in entries(zoo_dir or ZOO_DIR):
+        if e["name"] == run.name:
+            return e["record"].get("budget") == mine.get("budget") and e["record"].get("val") == mine.get("val")
+    return False
 
 
 def _publish(plan: LadderPlan, run: Path, zoo_dir: str | None) -> dict[str, Any]:
