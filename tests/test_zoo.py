@@ -74,6 +74,14 @@ def test_unknown_lambdas_and_bad_manifests_are_clear_errors(zoo):
         manifest(d)
 
 
+def test_the_shipped_zoo_stays_under_20_mb():
+    from feds_lab.zoo import ZOO_DIR
+
+    files = [p for p in ZOO_DIR.iterdir() if p.is_file() and not p.name.startswith(".")]
+    assert sum(p.stat().st_size for p in files) < 20e6, sorted((p.name, p.stat().st_size) for p in files)
+    assert {p.name for p in files if p.suffix == ".safetensors"} == {e["file"] for e in manifest()["models"]}
+
+
 def test_the_shipped_zoo_verifies_and_its_ladders_are_monotonic():
     """Every file the package ships matches its manifest; each ladder's validation rate rises with lambda."""
     import os
@@ -97,8 +105,11 @@ def test_the_shipped_zoo_verifies_and_its_ladders_are_monotonic():
 
 def test_the_ladder_plan_fine_tunes_each_lambda_from_its_nearest_long_one(tmp_path):
     plan = LadderPlan(runs=str(tmp_path))
-    assert plan.order() == [0.013, 0.0483, 0.025, 0.0932, 0.0067, 0.0035]
+    plan.check()
+    assert plan.order() == [0.013, 0.0483, 0.025, 0.0932, 0.0067, 0.0035, 0.0018, 0.0009]
     assert plan.source(0.0035) == 0.013 and plan.source(0.025) == 0.013 and plan.source(0.0483) is None
+    assert plan.source(0.0018) == 0.0035 and plan.source(0.0009) == 0.0018  # below the ladder: a chain
+    assert plan.ships(0.025) and not plan.ships(0.0483)  # a source dominated by its neighbour trains, not ships
     cfg = plan.config(0.0067).resolved()
     assert cfg.steps == plan.finetune_steps and cfg.lr == plan.finetune_lr and cfg.threads == 1
     assert cfg.warm_start.endswith("cnn-tiny-teacher-l0.013/model.safetensors")
@@ -202,7 +213,7 @@ def test_the_pipeline_takes_its_teachers_from_the_shipped_zoo_by_default(tmp_pat
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"lambdas": [0.0018, 0.0067, 0.025, 0.0483]}, r"no cnn tiny teacher at lambda 0.0018 .*teacher: train"),
+    ({"lambdas": [0.0005, 0.0067, 0.025, 0.0483]}, r"no cnn tiny teacher at lambda 0.0005 .*teacher: train"),
     ({"family": "compressai:mbt2018-mean"}, r"no compressai:mbt2018-mean tiny teacher .*none yet"),
     ({"teacher_steps": 50}, r"teacher_steps train\(s\) teachers, but teacher is 'zoo'.*teacher: train"),
     ({"teacher_ladder": "first"}, r"teacher_ladder .*teacher: train"),

@@ -38,7 +38,8 @@ def add_zoo_parser(subparsers) -> argparse.ArgumentParser:
                    help="lambdas trained from scratch for --steps (the others are fine-tuned from the nearest)")
     p.add_argument("--from", dest="sources", action="append", metavar="LAMBDA=SOURCE", default=[],
                    help="fine-tune LAMBDA from SOURCE instead of the nearest long lambda (e.g. 0.0018=0.0035: "
-                        "a lambda beyond the ladder's end from its neighbour); repeatable")
+                        "a lambda beyond the ladder's end from its neighbour); repeatable. Default: "
+                        + ", ".join(f"{k:g}={v:g}" for k, v in d.sources.items()))
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -108,6 +109,8 @@ def _cmd_train(args) -> None:
         if not sep:
             raise FedsLabError(f"--from takes LAMBDA=SOURCE, e.g. 0.0018=0.0035; got {item!r}")
         sources[_floats(lmbda, "--from")[0]] = _floats(src, "--from")[0]
+    if not args.sources:  # the default ladder's chains, where both ends are in this ladder
+        sources = {k: v for k, v in LadderPlan().sources.items() if k in lambdas and v in lambdas}
     plan = LadderPlan(family=args.family, preset=args.preset, lambdas=lambdas, long=long, sources=sources, steps=args.steps,
                       finetune_steps=args.finetune_steps, lr=args.lr, finetune_lr=args.finetune_lr,
                       data=str(Path(args.data).resolve()) if args.data else None, runs=args.runs)
