@@ -183,7 +183,8 @@ ps.round(3)
 from feds_lab.evaluation.learning_curve import learning_curve_table, pooled_by_budget
 
 if cfg.learning_curve:
-    curve_variants = [cfg.reference] + [v for v in cfg.learning_curve if v not in (cfg.reference, "scratch")]
+    # the reference first; scratch is what each is measured against (also when it is the reference)
+    curve_variants = [v for v in dict.fromkeys([cfg.reference, *cfg.learning_curve]) if v != "scratch"]
     curve = learning_curve_table(results, test=curve_variants)
     curve.to_csv(layout.learning_curve, index=False)
     fig = plots.learning_curve(curve, title=f"FEDS vs scratch by budget, {len(images)} held-out images "

@@ -213,7 +213,7 @@ def test_the_pipeline_takes_its_teachers_from_the_shipped_zoo_by_default(tmp_pat
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"lambdas": [0.0005, 0.0067, 0.025, 0.0483]}, r"no cnn tiny teacher at lambda 0.0005 .*teacher: train"),
+    ({"lambdas": [0.0005, 0.0067, 0.025, 0.0483]}, r"no cnn tiny teacher at lambda 0.0005, 0.0483 .*teacher: train"),
     ({"family": "compressai:mbt2018-mean"}, r"no compressai:mbt2018-mean tiny teacher .*none yet"),
     ({"teacher_steps": 50}, r"teacher_steps train\(s\) teachers, but teacher is 'zoo'.*teacher: train"),
     ({"teacher_ladder": "first"}, r"teacher_ladder .*teacher: train"),
