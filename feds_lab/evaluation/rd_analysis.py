@@ -118,10 +118,11 @@ class RDAnalysis:
         if metric not in self._bd:
             by_name = {load_results(f)["name"]: f for f in self.files}
             role_of = {name: role for role, name in self.names.items()}
+            seeded = self.seed_groups
             rows = []
             for anchor, test in self.comparisons():
                 found = bd_table(by_name[anchor], [by_name[test]], metric=metric, bootstrap=self.bootstrap, strict=False)
-                if self._one_draw(role_of.get(anchor), role_of.get(test)):
+                if self._one_draw(seeded, role_of.get(anchor), role_of.get(test)):
                     for row in found:
                         row["note"] = "; ".join(n for n in (row.get("note"), ONE_DRAW) if n)
                 rows += found
@@ -131,12 +132,11 @@ class RDAnalysis:
             self._bd[metric] = df.fillna({"note": ""})
         return self._bd[metric]
 
-    def _one_draw(self, *roles: str | None) -> bool:
+    def _one_draw(self, seeded: dict[str, dict[int, str]], *roles: str | None) -> bool:
         """Whether a row compares two students of which one or both were trained on one seed only: its
         interval covers the images, not the training's own noise (two machines' draws have differed in sign)."""
         if not all(r in self.variants and self.variant(r).is_student for r in roles):
             return False
-        seeded = self.seed_groups
         return any(len(seeded.get(r, {})) < 2 for r in roles)
 
     def teacher_gap(self, metric: str = "psnr") -> pd.DataFrame:
