@@ -5,8 +5,9 @@ Four loops on the same model sizes, batch and crop, measured in one run with int
 
 - ``ours teacher``: :func:`feds_lab.training.train` for a teacher (everything in the loop: data,
   clipping, non-finite checks, schedule, metrics.jsonl), timed from its own per-step records, with
-  ``--compile`` (default ``attention``, what a run of 1,000 steps or more gets); ``ours teacher
-  eager`` the same with ``compile: none``;
+  ``--compile`` (default ``attention``, what a run of 1,000 steps or more gets) and ``--precision``
+  (default: the training default); ``ours teacher eager`` the same with ``compile: none`` and
+  ``precision: fp32`` (the loop before either existed);
 - ``plain teacher``: the loop of CompressAI's ``examples/train.py``, written inline below;
 - ``ours distill``: a FEDS student in stage 2 (teacher forward, feature alignment and entropy-weighted
   channel distillation); ``ours student``: the same student on L_RD alone (the scratch baseline).
@@ -19,11 +20,13 @@ The floor of a distillation step, measured in the same run: one teacher forward 
 gradient (``teacher forward``, with the features the losses read) plus one scratch student step.
 ``ours distill`` is timed by its mean step time (the steps that measure each term's gradient for the
 balance are part of its cost; a median would hide them); ``distill total clip`` is the same student
-with ``clip_mode=total`` (one backward pass instead of L_RD's and the distillation's apart).
+with ``clip_mode=total`` (one backward pass, one clip), ``distill apart`` with ``clip_measure_every=1``
+(L_RD's and the distillation's gradients apart on every step: two backward passes).
 
 ``--options`` also times the teacher's step with each speed option, each in its own process (an
 option that crashes the process is reported as such): ``attention=sdpa``, ``bf16`` autocast,
-``channels_last``, ``torch.compile`` of the whole model, of the attention stages only. ``--profile`` prints where one teacher step and one
+``bf16-transforms`` (``precision: bf16``: the transforms alone), ``channels_last``, ``torch.compile`` of
+the whole model, of the attention stages only, and the last with ``precision: bf16``. ``--profile`` prints where one teacher step and one
 distillation step spend their time, by operator (torch.profiler) and by module (forward).
 
     .venv/bin/python benchmarks/train_throughput.py                  # tiny, about 2-3 minutes on 2 cores
@@ -53,6 +56,7 @@ from feds_lab.data import load_dataset  # noqa: E402
 from feds_lab.losses import RateDistortionLoss  # noqa: E402
 from feds_lab.presets import train_preset  # noqa: E402
 from feds_lab.training import TrainConfig, read_metrics, train  # noqa: E402
+from feds_lab.training.config import PRECISIONS  # noqa: E402
 
 
 def plain_compressai_loop(preset: str, lmbda: float, batch: int, crop: int, lr: float, warmup: int, steps: int,
@@ -95,11 +99,13 @@ def plain_compressai_loop(preset: str, lmbda: float, batch: int, crop: int, lr: 
 
 
 def teacher_forward_loop(ckpt: Path, preset: str, batch: int, crop: int, warmup: int, steps: int,
-                         seed: int = 0, compiled: bool = False) -> list[float]:
+                         seed: int = 0, compiled: bool = False, precision: str = "fp32") -> list[float]:
     """Seconds of each teacher forward pass as a distillation step makes it (eval, no gradient, features;
-    ``compiled``: its attention stages compiled, as the trainer runs them with ``compile: attention``)."""
+    ``compiled``: its attention stages compiled, as the trainer runs them with ``compile: attention``;
+    ``precision`` as the trainer's)."""
     from feds_lab.models.attention import compile_stages, compiled_stages
-    from feds_lab.training.trainer import load_teacher
+    from feds_lab.models.base import transform_precision
+    from feds_lab.training.trainer import load_teacher, transform_dtype
 
     teacher = load_teacher(ckpt, torch.device("cpu"))
     if compiled:
@@ -109,7 +115,7 @@ def teacher_forward_loop(ckpt: Path, preset: str, batch: int, crop: int, warmup:
     for i in range(warmup + steps):
         x = dataset.sample_batch(i, batch, seed)
         t0 = time.perf_counter()
-        with torch.no_grad(), compiled_stages(compiled):
+        with torch.no_grad(), compiled_stages(compiled), transform_precision(transform_dtype(precision, x.device)):
             teacher(x, return_features=True)
         times.append(time.perf_counter() - t0)
     return times[warmup:]
@@ -136,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", default="attention", choices=("attention", "none"),
                    help="our loops' compile setting (default attention: what runs of 1,000 steps or more get with "
                         "compile: auto); 'ours teacher eager' is always timed beside them")
+    p.add_argument("--precision", choices=PRECISIONS, default=TrainConfig.precision,
+                   help="our loops' precision (default: the training default); 'ours teacher eager' is always fp32")
     p.add_argument("--options", action="store_true", help="time the teacher step with each speed option")
     p.add_argument("--profile", action="store_true", help="where a teacher step and a distillation step spend time")
     args = p.parse_args(argv)
@@ -150,13 +158,14 @@ def main(argv: list[str] | None = None) -> None:
 
     common = dict(preset=args.preset, lmbda=args.lmbda, steps=n, batch_size=batch, crop=crop, val_every=0,
                   ckpt_every=0, log_every=1, progress=False, resume=False, device="cpu", threads=args.threads,
-                  compile=args.compile)
+                  compile=args.compile, precision=args.precision)
     stage2 = dict(role="student", stage_split=(0.0, 1.0, 0.0))
     loops = {
         "ours teacher": lambda: our_loop(TrainConfig(role="teacher", out=str(tmp / "t"), **common), args.warmup,
                                          args.steps),
         "ours teacher eager": lambda: our_loop(TrainConfig(role="teacher", out=str(tmp / "te"),
-                                                           **{**common, "compile": "none"}), args.warmup, args.steps),
+                                                           **{**common, "compile": "none", "precision": "fp32"}),
+                                               args.warmup, args.steps),
         "plain teacher": lambda: plain_compressai_loop(args.preset, args.lmbda, batch, crop, budget["lr"],
                                                        args.warmup, args.steps),
         "ours distill": lambda: our_loop(TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "d"),
@@ -164,11 +173,13 @@ def main(argv: list[str] | None = None) -> None:
         "ours student": lambda: our_loop(TrainConfig(**stage2, baseline="scratch", out=str(tmp / "s"), **common),
                                          args.warmup, args.steps),
         "teacher forward": lambda: teacher_forward_loop(teacher_ckpt, args.preset, batch, crop, args.warmup, args.steps,
-                                                        compiled=args.compile == "attention"),
+                                                        compiled=args.compile == "attention", precision=args.precision),
         "distill total clip": lambda: our_loop(TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "dt"),
                                                            clip_mode="total", **common), args.warmup, args.steps),
+        "distill apart": lambda: our_loop(TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "da"),
+                                                      clip_measure_every=1, **common), args.warmup, args.steps),
     }
-    mean_timed = {"ours distill", "distill total clip"}  # measuring steps are part of their cost
+    mean_timed = {"ours distill", "distill total clip", "distill apart"}  # measuring steps are part of their cost
     print(f"preset {args.preset}, batch {batch}, crop {crop}, {args.steps} timed steps (+{args.warmup} warm-up) "
           f"x {args.reps} interleaved repetitions, {args.threads} thread(s), cpu", file=sys.stderr)
     # steps/s of a repetition = 1 / its median step time: robust to bursts of load from other processes
@@ -196,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
 
     ours_vs_plain, ours_vs_plain_medians = paired("ours teacher eager", "plain teacher")  # the loop, not the kernels
     compiled_gain, compiled_gain_medians = paired("ours teacher", "ours teacher eager")
-    print(f"teacher step, compile={args.compile} against eager: {compiled_gain:.2f}x the steps/s (median of paired "
-          f"ratios; {compiled_gain_medians:.2f}x ratio of medians)")
+    print(f"teacher step, compile={args.compile} precision={args.precision} against eager fp32: {compiled_gain:.2f}x "
+          f"the steps/s (median of paired ratios; {compiled_gain_medians:.2f}x ratio of medians; target >= 1.5: "
+          f"{'met' if compiled_gain >= 1.5 else 'NOT met'})")
     distill_price, distill_price_medians = paired("ours distill", "ours student")
     print(f"ours / plain CompressAI loop (teacher): {ours_vs_plain:.3f} median of paired ratios, "
           f"{ours_vs_plain_medians:.3f} ratio of medians  (target >= 0.95: {'met' if ours_vs_plain >= 0.95 else 'NOT met'})")
@@ -210,12 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     over_floor_total = statistics.median(f / d for f, d in zip(floor, rates["distill total clip"]))
     floor_price = statistics.median(s / f for s, f in zip(rates["ours student"], floor))
     total_price = statistics.median(s / d for s, d in zip(rates["ours student"], rates["distill total clip"]))
+    over_floor_apart = statistics.median(f / d for f, d in zip(floor, rates["distill apart"]))
     print(f"floor (teacher forward + scratch step): {statistics.median(floor):.3f} steps/s, {floor_price:.2f}x a scratch "
           f"step; the distillation step costs {over_floor:.2f}x its floor (target <= 1.10: "
           f"{'met' if over_floor <= 1.10 else 'NOT met'}) and {1 / distill_price:.2f}x a scratch step (target <= 2.5: "
           f"{'met' if 1 / distill_price <= 2.5 else 'NOT met'}); with clip_mode=total {over_floor_total:.2f}x its floor, "
-          f"{total_price:.2f}x a scratch step")
+          f"{total_price:.2f}x a scratch step; with the gradients apart on every step {over_floor_apart:.2f}x its floor")
     report = {"preset": args.preset, "batch": batch, "crop": crop, "threads": args.threads, "compile": args.compile,
+              "precision": args.precision, "apart_over_floor": over_floor_apart,
               "teacher_compiled_over_eager": compiled_gain,
               "steps_per_second": med, "ours_over_plain": ours_vs_plain, "distill_over_student": distill_price,
               "distill_over_floor": over_floor, "floor_over_student": 1 / floor_price,
@@ -242,15 +256,17 @@ fmt = torch.channels_last if option == "channels_last" else torch.contiguous_for
 if option == "channels_last":
     net = net.to(memory_format=fmt)
 forward = torch.compile(net) if option == "compile" else net
-if option == "compile-attention":
+if option.startswith("compile-attention"):
     from feds_lab.models.attention import compile_stages, compiled_stages
     compile_stages(net)
 else:
     from contextlib import nullcontext as compiled_stages
+from feds_lab.models.base import transform_precision
+dtype = torch.bfloat16 if option in ("bf16-transforms", "compile-attention-bf16") else None
 crit = RateDistortionLoss(0.0067)
 opt = torch.optim.Adam(net.parameters(), 1e-4)
 times = []
-with attention_kernel("sdpa" if option == "sdpa" else "timm"), compiled_stages():
+with attention_kernel("sdpa" if option == "sdpa" else "timm"), compiled_stages(), transform_precision(dtype):
     for i in range(3 + steps):
         x = data.sample_batch(i, batch, 0).contiguous(memory_format=fmt)
         t0 = time.perf_counter()
@@ -271,7 +287,8 @@ def teacher_options(args, batch: int, crop: int) -> dict:
     for family in ("cnn", "transformer"):
         res: dict = {}
         for rep in range(max(1, min(args.reps, 3))):
-            for option in ("default", "sdpa", "bf16", "channels_last", "compile", "compile-attention"):
+            for option in ("default", "sdpa", "bf16", "bf16-transforms", "channels_last", "compile", "compile-attention",
+                           "compile-attention-bf16"):
                 if isinstance(res.get(option), str):
                     continue  # crashed once: not again
                 p = subprocess.run([sys.executable, "-c", _OPTION_CODE, option, args.preset, str(batch), str(crop),

@@ -28,6 +28,29 @@ def test_standardize_gives_zero_mean_unit_variance_per_image_and_channel():
     assert torch.allclose(z.var(dim=(2, 3), unbiased=False), torch.ones(2, 3), atol=1e-4)
 
 
+def test_standardize_is_the_written_out_formula_with_its_gradient():
+    """The fused instance-norm kernel computes (f - mean) / sqrt(var + eps^2), gradient included; a
+    constant channel and a one-position map standardise to 0."""
+    from feds_lab.losses.feature_alignment import STD_EPS
+
+    def by_hand(f):
+        mean = f.mean(dim=(2, 3), keepdim=True)
+        return (f - mean) / f.var(dim=(2, 3), keepdim=True, unbiased=False).add(STD_EPS**2).sqrt()
+
+    torch.manual_seed(0)
+    f = (torch.randn(3, 4, 6, 5) * 7 + 2).requires_grad_()
+    g = torch.randn(3, 4, 6, 5)
+    a, b = standardize(f), by_hand(f)
+    assert torch.allclose(a, b, atol=1e-5)
+    ga, = torch.autograd.grad((a * g).sum(), f)
+    gb, = torch.autograd.grad((b * g).sum(), f)
+    assert torch.allclose(ga, gb, atol=1e-5)
+    const = torch.full((1, 2, 4, 4), 3.0)
+    assert torch.equal(standardize(const), torch.zeros_like(const))
+    one = torch.randn(2, 3, 1, 1, requires_grad=True)
+    assert torch.equal(standardize(one), torch.zeros_like(one))
+
+
 def test_channel_normalised_alignment_is_one_minus_pearson():
     torch.manual_seed(0)
     t = torch.randn(2, 4, 8, 8)
@@ -196,3 +219,37 @@ def test_a_measured_step_builds_its_separately_clipped_gradient_from_the_measure
         assert (a is None) == (b is None)
         if a is not None:
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_held_ratios_give_the_separately_clipped_gradient_with_one_backward():
+    """Between measurements, one backward of L_RD + rho L_kd clipped with the held ratios gives the
+    gradient two backward passes give, when the ratios are those of the same gradients."""
+    from feds_lab.training.trainer import _clip_and_set, _held_clip_backward
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    for g_rd, g_kd in (([30.0, 40.0, 0.0], [0.0, 5.0, 1.0]), ([3.0, 4.0, 0.0], [0.0, 100.0, 7.0]),
+                       ([0.3, 0.4, 0.0], [0.0, 0.1, 0.2])):
+        rd_w, kd_w = torch.tensor(g_rd), torch.tensor(g_kd)
+        p.grad = None
+        norm, rho, k = _clip_and_set([p], [rd_w], [kd_w], 10.0, ratios=True)
+        exact = p.grad.clone()
+        p.grad = None
+        held_norm = _held_clip_backward((p * rd_w).sum(), (p * kd_w).sum(), [p], 10.0, rho, k)
+        assert torch.allclose(p.grad, exact, rtol=1e-5, atol=1e-7)
+        assert float(held_norm) == pytest.approx(float(norm), rel=1e-5)
+
+
+def test_separate_clipping_with_held_ratios_trains_and_resumes(tmp_path: Path, tiny_checkpoints):
+    """clip_measure_every: the run takes the gradients apart on its schedule and whenever the set of
+    terms changes, and keeps the held ratios in its state (a resumed run goes on with them)."""
+    from feds_lab.training.state import load_state
+
+    base = dict(role="student", teacher=str(tiny_checkpoints["teacher"]), steps=8, batch_size=2, crop=64,
+                val_every=0, ckpt_every=4, progress=False, balance="none", clip_mode="separate",
+                alpha=0.2, beta=0.3, gamma=0.0, stage_split=(0.25, 0.75, 0.0))
+    train(TrainConfig(**base, out=str(tmp_path / "held"), clip_measure_every=3))
+    held = load_state(tmp_path / "held" / "state.pt")
+    assert held["clip_ratios"]["terms"] == ["feat", "ent"] and held["clip_ratios"]["rho"] > 0
+    grads = [r["step"] for r in read_metrics(tmp_path / "held") if r["kind"] == "grad"]
+    # measured on steps 0, 3, 6 (0-based) and when the term set changed (stage 2 starts at step 2)
+    assert grads == [1, 3, 4, 7]

@@ -32,10 +32,17 @@ STD_EPS = 1e-5
 
 
 def standardize(f: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> the same, zero mean and unit (population) variance per image and channel."""
-    mean = f.mean(dim=(2, 3), keepdim=True)
-    std = f.var(dim=(2, 3), keepdim=True, unbiased=False).add(STD_EPS**2).sqrt()
-    return (f - mean) / std
+    """(B, C, H, W) -> the same, zero mean and unit (population) variance per image and channel:
+    ``(f - mean) / sqrt(var + STD_EPS^2)``.
+
+    That is instance normalisation without affine parameters; torch's fused kernel computes it (and
+    its backward) about 3x faster on CPU than the same formula written out (benchmarks/train_throughput.py
+    ``--profile``), to float rounding. A map of one position has no spread: it standardises to 0."""
+    if f.dim() != 4:
+        raise ValueError(f"expected a (B, C, H, W) feature map, got shape {tuple(f.shape)}")
+    if f.shape[-1] * f.shape[-2] == 1:
+        return f - f  # instance_norm refuses a single position in training mode
+    return F.instance_norm(f, eps=STD_EPS**2)
 DEFAULT_TAPS = ("ga1", "ga2", "ga3", "gs1", "gs2", "gs3")
 
 

@@ -22,6 +22,8 @@ CompressAI model (:class:`~feds_lab.models.wrappers.CompressAIFeatureWrapper`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -31,6 +33,26 @@ from compressai.models.base import SimpleVAECompressionModel
 FEATURE_NAMES = ("ga1", "ga2", "ga3", "y", "gs1", "gs2", "gs3")
 ANALYSIS_TAPS = ("ga1", "ga2", "ga3", "y")
 SYNTHESIS_TAPS = ("gs1", "gs2", "gs3", "x_hat")
+
+#: autocast dtype of the transforms inside :func:`transform_precision` (training steps); None: float32
+_TRANSFORM_DTYPE: torch.dtype | None = None
+
+
+@contextmanager
+def transform_precision(dtype: torch.dtype | None) -> Iterator[None]:
+    """Inside: a :class:`FeatureCodec`'s analysis and synthesis transforms run under autocast to
+    ``dtype`` (``torch.bfloat16``); the latent codec (hyperprior, likelihoods) and everything the
+    forward pass returns stay float32. ``None``, and outside (validation, coding): float32 throughout."""
+    global _TRANSFORM_DTYPE
+    old, _TRANSFORM_DTYPE = _TRANSFORM_DTYPE, dtype
+    try:
+        yield
+    finally:
+        _TRANSFORM_DTYPE = old
+
+
+def _transforms_autocast(x: torch.Tensor):
+    return nullcontext() if _TRANSFORM_DTYPE is None else torch.autocast(x.device.type, dtype=_TRANSFORM_DTYPE)
 
 
 @runtime_checkable
@@ -100,12 +122,15 @@ class FeatureCodec(SimpleVAECompressionModel):
         """
         check_input_size(x)
         feats: dict[str, torch.Tensor] | None = {} if return_features else None
-        y = self.g_a(x, feats)
+        with _transforms_autocast(x):
+            y = self.g_a(x, feats)
+        y = y.float()  # the entropy model trains in float32 whatever the transforms' precision
         y_out = self.latent_codec(y)
-        x_hat = self.g_s(y_out["y_hat"], feats)
-        out = {"x_hat": x_hat, "likelihoods": y_out["likelihoods"], "y": y, "y_hat": y_out["y_hat"]}
+        with _transforms_autocast(x):
+            x_hat = self.g_s(y_out["y_hat"], feats)
+        out = {"x_hat": x_hat.float(), "likelihoods": y_out["likelihoods"], "y": y, "y_hat": y_out["y_hat"]}
         if feats is not None:
-            out["features"] = {name: feats[name] for name in FEATURE_NAMES}
+            out["features"] = {name: feats[name].float() for name in FEATURE_NAMES}
         return out
 
     def analysis(self, x: torch.Tensor) -> torch.Tensor:

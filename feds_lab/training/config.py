@@ -33,6 +33,7 @@ COMPILE_MODES = ("auto", "attention", "none")
 #: ``compile: auto`` compiles runs of at least this many steps (ours: the first compile takes about a
 #: minute on a two-core CPU, paid back after about 400 steps at the measured saving)
 COMPILE_MIN_STEPS = 1000
+PRECISIONS = ("auto", "fp32", "bf16")
 # the stage weights' vocabularies live with the stages (feds_lab.training.stages)
 OUTPUT_SCALES = ("raw", "distortion")
 RAMPS = ("constant", "linear", "cosine")
@@ -126,6 +127,11 @@ class TrainConfig:
     #: clipped exactly as the scratch baseline's, the distillation gradient on its own, so that
     #: distillation never shrinks the RD step (single process; under torchrun it falls back to total)
     clip_mode: str = setting("separate", groups=('distillation',), choices=CLIP_MODES)
+    #: with ``clip_mode: separate``: both gradients are taken apart (their norms fix the two clip
+    #: factors) every this many steps, and between those steps one backward pass of
+    #: ``L_RD + rho * L_kd`` is clipped with the ratios last measured (ours: a second backward pass
+    #: each step cost about a fifth of a distillation step); 1 = apart on every step
+    clip_measure_every: int = setting(10, groups=('runtime',), bound=">=1")
     #: beyond FEDS, reported apart: start the student from the teacher's weights, channel-sliced
     #: where the shapes allow (as EVC- and KDIC-style students are built); FEDS students only
     init_from_teacher: bool = setting(False, groups=('distillation',))
@@ -150,6 +156,12 @@ class TrainConfig:
     #: ``none``: eager; ``auto``: ``attention`` for runs of at least COMPILE_MIN_STEPS steps. Validation
     #: and coding are always eager.
     compile: str = setting("auto", groups=('runtime',), choices=COMPILE_MODES)
+    #: the transforms' arithmetic in training steps: ``bf16`` runs the analysis and synthesis
+    #: transforms (the model's and the teacher's) under bfloat16 autocast, the entropy model and the
+    #: losses in float32; ``fp32``: float32 throughout; ``auto``: ``bf16`` where the processor has
+    #: bfloat16 arithmetic (AVX512-BF16 or AMX on CPU, a bf16-capable GPU). Validation and coding are
+    #: always float32 (ours; measured in docs/benchmarks.md)
+    precision: str = setting("fp32", groups=('runtime',), choices=PRECISIONS)
     threads: int | None = setting(None, groups=('runtime',))  #: CPU threads for this run (torch.set_num_threads); None = torch's default
     val_every: int | None = setting(None, groups=('runtime', 'preset'), bound=">=0")  #: validate (real bitstreams) every this many steps and at the end; 0 = never
     val_images: int | None = setting(None, groups=('runtime',))  #: validate on at most this many held-out images; None = all

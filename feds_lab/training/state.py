@@ -82,7 +82,7 @@ STATE_SCHEMA: dict[str, tuple[type | tuple[type, ...], bool]] = {
     "adapters": (dict, True), "distillation_weights": (dict, False), "optimizer": (dict, True),
     "aux_optimizer": (dict, True), "scheduler": ((dict, type(None)), False), "rng": ((list, tuple), True),
     "cuda_rng": ((list, tuple, type(None)), False), "world_size": (int, False), "config": (dict, True),
-    "rewinds": (int, False), "lr_scale": ((int, float), False),
+    "rewinds": (int, False), "lr_scale": ((int, float), False), "clip_ratios": ((dict, type(None)), False),
 }
 _KEYS = {k: t for k, (t, required) in STATE_SCHEMA.items() if required and k != "stage"} | {"stage": str}
 _OPTIONAL = {k: t for k, (t, required) in STATE_SCHEMA.items() if not required}
@@ -175,6 +175,11 @@ def _load_state(path: Path, map_location, steps: int | None) -> dict[str, Any]:
         raise bad("'rewinds' is negative")
     if "lr_scale" in state and not (math.isfinite(state["lr_scale"]) and 0 < state["lr_scale"] <= 1):
         raise bad("'lr_scale' is not in (0, 1]")
+    held = state.get("clip_ratios")
+    if held is not None and not (isinstance(held.get("terms"), list) and all(isinstance(t, str) for t in held["terms"])
+                                 and all(isinstance(held.get(k), (int, float)) and not isinstance(held.get(k), bool)
+                                         and math.isfinite(held[k]) and held[k] > 0 for k in ("rho", "k"))):
+        raise bad("the held clip ratios are malformed")
     if "seconds" in state and not (math.isfinite(state["seconds"]) and state["seconds"] >= 0):
         raise bad("'seconds' is not a finite, non-negative number")
     if "window" in state:
@@ -334,6 +339,8 @@ class TrainingState:
     recent: deque = field(default_factory=lambda: deque(maxlen=SPIKE_WINDOW))  # last steps' L_RD (not saved)
     last_grads: dict = field(default_factory=dict)  # the last step's gradient norms, for its report (not saved)
     last_lr: float = 0.0  # the rate the last step used (not saved)
+    #: separate clipping between measurements: (terms measured, rho, k) of the last measured step
+    clip_ratios: tuple[tuple[str, ...], float, float] | None = None
 
     def is_spike(self, rd: float) -> bool:
         """L_RD above ``rewind_spike`` x the median of the last steps' (once there are enough of them)."""
@@ -378,6 +385,8 @@ class TrainingState:
             "config": self.cfg.to_dict(),
             "rewinds": self.rewinds,
             "lr_scale": self.lr_scale,
+            "clip_ratios": ({"terms": list(self.clip_ratios[0]), "rho": self.clip_ratios[1], "k": self.clip_ratios[2]}
+                            if self.clip_ratios else None),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -398,6 +407,8 @@ class TrainingState:
         self.rewinds, self.lr_scale = int(state.get("rewinds", 0)), float(state.get("lr_scale", 1.0))
         self.spiked = False
         self.recent.clear()
+        held = state.get("clip_ratios")
+        self.clip_ratios = (tuple(held["terms"]), float(held["rho"]), float(held["k"])) if held else None
         self.window = LossWindow.from_state(state["window"], self.dd.device)  # a log line half-way through its steps
 
 

@@ -49,6 +49,7 @@ from ..errors import CheckpointError, FedsLabError
 from ..losses import RateDistortionLoss
 from ..models import build_model
 from ..models.attention import compile_stages, compiled_stages
+from ..models.base import transform_precision
 from ..threads import ThreadGovernor
 from . import distributed
 from .config import TRAIN_SPLITS, ConfigError, TrainConfig
@@ -118,6 +119,7 @@ class _Parts:
     dataset: Any
     rows: slice
     val_set: list
+    transform_dtype: torch.dtype | None = None  # the transforms' autocast dtype in training steps (``precision``)
 
 
 def _open_run(cfg: TrainConfig, dd: Distributed, say):
@@ -190,8 +192,11 @@ def _build(cfg: TrainConfig, dd: Distributed, saved: dict[str, Any] | None, say)
     dataset = load_dataset(cfg.data, cfg.train_split, cfg.crop, seed=cfg.seed)
     val_set = (eval_images(cfg.data, TRAIN_SPLITS[cfg.train_split])[: cfg.val_images]
                if dd.is_main and cfg.val_every else [])
+    dtype = transform_dtype(cfg.precision, device)
+    if dtype is not None and saved is None:
+        say("transforms in bfloat16 (precision: " + cfg.precision + "); the entropy model in float32")
     return _Parts(model, teacher, objective, plan, weights, run, step_fn, separate_clip, dataset,
-                  dd.batch_slice(cfg.batch_size), val_set)
+                  dd.batch_slice(cfg.batch_size), val_set, dtype)
 
 
 def _loop(cfg: TrainConfig, dd: Distributed, parts: _Parts, metrics: MetricsLog, saved, t0: float, say) -> None:
@@ -254,14 +259,18 @@ def _one_step(cfg: TrainConfig, dd: Distributed, parts: _Parts, step: int, stop:
     run, objective = parts.run, parts.objective
     x = parts.dataset.sample_batch(step, cfg.batch_size, cfg.seed)[parts.rows].to(dd.device, non_blocking=True)
     teacher_out = None
-    with compiled_stages(cfg.compiles):
+    with compiled_stages(cfg.compiles), transform_precision(parts.transform_dtype):
         if objective.uses_teacher(run.stage):
             with torch.no_grad():
                 teacher_out = parts.teacher(x, return_features=True)
         active = objective.active_terms(run.stage)
         balance = bool(active) and parts.weights.needs_measurement(step, active, cfg.balance_every)
         log_grads = bool(active) and bool(cfg.grad_log_every) and step % cfg.grad_log_every == 0
-        _, grads, lr = train_step(run, parts.step_fn, x, teacher_out, step, measure=balance or log_grads,
+        # separate clipping takes the gradients apart when its held ratios are stale or were measured on other terms
+        clip_apart = (parts.separate_clip and bool(active)
+                      and (step % cfg.clip_measure_every == 0 or run.clip_ratios is None
+                           or run.clip_ratios[0] != tuple(active)))
+        _, grads, lr = train_step(run, parts.step_fn, x, teacher_out, step, measure=balance or log_grads or clip_apart,
                                   balance=balance, separate_clip=parts.separate_clip, stopping=stop.requested)
     run.last_grads, run.last_lr = grads, lr
     return step + 1
@@ -342,7 +351,11 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
         if balance is None or balance:
             weights.update(grads)
     if reuse:
-        grad_norm = _clip_and_set(params, *_rd_and_kd_gradients(per_term, coefficients, params), max_norm)
+        grad_norm, rho, k = _clip_and_set(params, *_rd_and_kd_gradients(per_term, coefficients, params), max_norm,
+                                          ratios=True)
+        run.clip_ratios = (tuple(objective.active_terms(run.stage)), rho, k)
+    elif separate_clip and terms["kd_loss"].requires_grad and run.clip_ratios is not None:
+        grad_norm = _held_clip_backward(terms["rd_loss"], terms["kd_loss"], params, max_norm, *run.clip_ratios[1:])
     elif separate_clip and terms["kd_loss"].requires_grad:
         grad_norm = _separately_clipped_backward(terms["rd_loss"], terms["kd_loss"], params, max_norm)
     else:
@@ -442,21 +455,67 @@ def _separately_clipped_backward(rd: torch.Tensor, kd: torch.Tensor, params: lis
     return _clip_and_set(params, g_rd, g_kd, max_norm)
 
 
-def _clip_and_set(params: list[nn.Parameter], g_rd, g_kd, max_norm: float) -> torch.Tensor:
-    """Sets ``p.grad`` as :func:`_separately_clipped_backward` says; returns |grad L_RD|."""
-    norms = []
-    for g in (g_rd, g_kd):
-        present = [v for v in g if v is not None]
-        norms.append(torch.linalg.vector_norm(torch.stack([v.norm() for v in present])) if present
-                     else torch.zeros(()))
+def _clip_and_set(params: list[nn.Parameter], g_rd, g_kd, max_norm: float, ratios: bool = False):
+    """Sets ``p.grad`` as :func:`_separately_clipped_backward` says; returns |grad L_RD| and, with
+    ``ratios``, what :func:`_held_clip_backward` needs until the next measurement: ``rho = c' / c``
+    and ``k = |grad L_RD + rho grad L_kd| / |grad L_RD|``."""
+    norms = [_norm(g) for g in (g_rd, g_kd)]
     c = torch.clamp(max_norm / (norms[0] + 1e-6), max=1.0)
     scale = [c, torch.minimum(c, max_norm / (norms[1] + 1e-6))]
+    rho = scale[1] / c
+    combined = []
     for p, a, b in zip(params, g_rd, g_kd):
         if a is None and b is None:
             continue
         total = (a * scale[0] if a is not None else 0) + (b * scale[1] if b is not None else 0)
         p.grad = total.detach()
-    return norms[0]
+        combined.append(p.grad)
+    if not ratios:
+        return norms[0]
+    k = _norm(combined) / (c * norms[0]).clamp_min(1e-12)
+    return norms[0], float(rho), float(k)
+
+
+def _held_clip_backward(rd: torch.Tensor, kd: torch.Tensor, params: list[nn.Parameter], max_norm: float,
+                        rho: float, k: float) -> torch.Tensor:
+    """Separate clipping with one backward pass: ``p.grad = c * grad(L_RD + rho L_kd)`` with ``rho`` and
+    ``k`` held from the last step that took the gradients apart, and ``c`` the scratch baseline's clip
+    factor for |grad L_RD| estimated as ``|grad(L_RD + rho L_kd)| / k`` (exact when the ratios have not
+    moved since). Returns that estimate."""
+    (rd + rho * kd).backward()
+    total = _norm([p.grad for p in params])
+    rd_norm = total / k
+    c = torch.clamp(max_norm / (rd_norm + 1e-6), max=1.0)
+    for p in params:
+        if p.grad is not None:
+            p.grad.mul_(c)
+    return rd_norm
+
+
+def _norm(grads) -> torch.Tensor:
+    present = [v for v in grads if v is not None]
+    return torch.linalg.vector_norm(torch.stack([v.norm() for v in present])) if present else torch.zeros(())
+
+
+def transform_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``precision`` asks for on ``device``: bfloat16, or None (float32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or bf16_arithmetic(device):
+        return torch.bfloat16
+    return None
+
+
+def bf16_arithmetic(device: torch.device) -> bool:
+    """Whether ``device`` does bfloat16 arithmetic in hardware: a CUDA GPU that supports it, or a CPU
+    with AVX512-BF16 or AMX (elsewhere bf16 is emulated, and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def _data_parallel(objective: TrainingObjective, device: torch.device) -> DistributedDataParallel:
