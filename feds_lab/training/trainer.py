@@ -330,8 +330,9 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
     balancing updates its factors from them. ``separate_clip``: clip L_RD's gradient as the scratch
     baseline's is clipped, and the distillation terms' gradient on its own, so that distillation
     never shrinks the RD step; on a measured step it is built from the measured gradients (no further
-    backward). A non-finite loss or gradient skips the update (every rank alike) and counts in
-    ``run.nonfinite``.
+    backward) and its ratios are kept in ``run.clip_ratios``; on the other steps one backward pass is
+    clipped with them (:func:`_held_clip_backward`). A non-finite loss or gradient skips the update
+    (every rank alike) and counts in ``run.nonfinite``.
     """
     cfg, objective, weights, dd = run.cfg, run.objective, run.weights, run.dd
     run.optimizer.zero_grad(set_to_none=True)
@@ -353,7 +354,8 @@ def train_step(run: TrainingState, step_fn: nn.Module, x: torch.Tensor, teacher_
     if reuse:
         grad_norm, rho, k = _clip_and_set(params, *_rd_and_kd_gradients(per_term, coefficients, params), max_norm,
                                           ratios=True)
-        run.clip_ratios = (tuple(objective.active_terms(run.stage)), rho, k)
+        if all(math.isfinite(v) and v > 0 for v in (rho, k)):  # a non-finite step is skipped: keep the last good ratios
+            run.clip_ratios = (tuple(objective.active_terms(run.stage)), rho, k)
     elif separate_clip and terms["kd_loss"].requires_grad and run.clip_ratios is not None:
         grad_norm = _held_clip_backward(terms["rd_loss"], terms["kd_loss"], params, max_norm, *run.clip_ratios[1:])
     elif separate_clip and terms["kd_loss"].requires_grad:
