@@ -3,6 +3,8 @@
 import json
 import math
 
+import shutil
+
 import pytest
 import torch
 
@@ -143,6 +145,32 @@ def test_a_run_folder_that_is_gone_is_seeded_from_the_interim_state(tmp_path):
     assert seed_from_interim(run, tmp_path / "interim")
     assert (run / "state.pt").read_bytes() == b"state"
     assert not seed_from_interim(run, tmp_path / "interim")  # a folder with a state keeps its own
+
+
+def test_a_finished_unpublished_run_is_kept_as_its_model_and_seeds_a_gone_folder(tmp_path):
+    from feds_lab.zoo.train import save_interim
+
+    plan = LadderPlan(lambdas=(0.0067, 0.013), long=(0.013,), runs=str(tmp_path / "runs"))
+    done, busy = (tmp_path / "runs" / plan.name(lmbda) for lmbda in (0.013, 0.0067))
+    for run in (done, busy):
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text("role: teacher\n")
+        (run / "state.pt").write_bytes(b"state" + run.name.encode())
+        (run / "metrics.jsonl").write_text('{"step": 1}\n' * 1000)
+    (done / "model.safetensors").write_bytes(b"model")
+    interim = tmp_path / "interim"
+    assert save_interim(plan, interim) == [interim / busy.name]  # unfinished states only
+    kept = save_interim(plan, interim, finished=True)
+    assert set(kept) == {interim / done.name, interim / busy.name}
+    assert (interim / done.name / "model.safetensors").read_bytes() == b"model"
+    assert not (interim / done.name / "state.pt").exists()  # the model alone, not the optimiser's state
+    assert (interim / done.name / "metrics.jsonl.gz").stat().st_size < 200
+    shutil.rmtree(tmp_path / "runs")
+    for run in (done, busy):
+        assert seed_from_interim(run, interim)
+        assert (run / "metrics.jsonl").read_text() == '{"step": 1}\n' * 1000
+    assert (done / "model.safetensors").read_bytes() == b"model" and not (done / "state.pt").exists()
+    assert (busy / "state.pt").read_bytes() == b"state" + busy.name.encode()
 
 
 @pytest.mark.slow

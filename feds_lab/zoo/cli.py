@@ -48,7 +48,8 @@ def add_zoo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--runs", default=d.runs, help="where the run folders live")
     p.add_argument("--jobs", type=int, default=2, help="training processes side by side (one thread each)")
     p.add_argument("--interim", help="seed run folders that are gone from the states kept in this folder")
-    p.add_argument("--save-interim", metavar="DIR", help="copy every unfinished run's latest state into DIR and stop")
+    p.add_argument("--save-interim", metavar="DIR", help="copy every unfinished run's latest state into DIR and stop (with --no-publish also "
+                        "every finished run's model: those are in no zoo)")
     p.add_argument("--zoo-dir", help="publish into another zoo folder (default: the package's)")
     p.add_argument("--no-publish", dest="publish", action="store_false")
     p.set_defaults(func=_cmd_train)
@@ -115,8 +116,8 @@ def _cmd_train(args) -> None:
                       finetune_steps=args.finetune_steps, lr=args.lr, finetune_lr=args.finetune_lr,
                       data=str(Path(args.data).resolve()) if args.data else None, runs=args.runs)
     if args.save_interim:
-        for path in save_interim(plan, Path(args.save_interim)):
-            print(f"kept {path}/state.pt")
+        for path in save_interim(plan, Path(args.save_interim), finished=not args.publish):
+            print(f"kept {path}/{'model.safetensors' if (path / 'model.safetensors').is_file() else 'state.pt'}")
         return
     train_ladder(plan, jobs=args.jobs, interim=args.interim, zoo_dir=args.zoo_dir, publish_when_done=args.publish,
                  say=lambda m: print(m, file=sys.stderr, flush=True))

@@ -13,6 +13,7 @@ the zoo (:func:`feds_lab.zoo.publish`) with the data's sources in their record.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import math
 import os
@@ -129,31 +130,42 @@ def _progress(run: Path) -> str:
 
 
 def seed_from_interim(run: Path, interim: Path | None) -> bool:
-    """A run folder without a state gets the interim one (config, state, metrics), if there is one."""
+    """A run folder without a state or a model gets the interim one, if there is one: an unfinished
+    run's config, state and metrics, or a finished run's config, model and metrics (its fine-tunes
+    and the publication then go on from it)."""
     if interim is None or (run / "state.pt").exists() or _finished(run):
         return False
     src = interim / run.name
-    if not (src / "state.pt").is_file():
+    if not ((src / "state.pt").is_file() or (src / "model.safetensors").is_file()):
         return False
     run.mkdir(parents=True, exist_ok=True)
-    for f in ("config.yaml", "state.pt", "metrics.jsonl"):
+    for f in ("config.yaml", "state.pt", "model.safetensors"):
         if (src / f).is_file():
             shutil.copy2(src / f, run / f)
+    if (src / "metrics.jsonl.gz").is_file():
+        with gzip.open(src / "metrics.jsonl.gz", "rb") as f_in, open(run / "metrics.jsonl", "wb") as f_out:
+            shutil.copyfileobj(f_in, f_out)
     return True
 
 
-def save_interim(plan: LadderPlan, interim: Path) -> list[Path]:
-    """Copy every unfinished run's latest state (with its config and metrics) into ``interim``."""
+def save_interim(plan: LadderPlan, interim: Path, finished: bool = False) -> list[Path]:
+    """Copy every unfinished run's latest state into ``interim``, and with ``finished`` every finished
+    run that is not published yet as its model alone (a few MB where the state with its optimiser is
+    several times that); each with its config and its metrics (gzipped)."""
     saved = []
     for lmbda in plan.lambdas:
         run = Path(plan.runs) / plan.name(lmbda)
-        if (run / "state.pt").is_file() and not _finished(run):
-            dst = interim / run.name
-            dst.mkdir(parents=True, exist_ok=True)
-            for f in ("config.yaml", "state.pt", "metrics.jsonl"):
-                if (run / f).is_file():
-                    shutil.copy2(run / f, dst / f)
-            saved.append(dst)
+        done = _finished(run)
+        if not ((run / "state.pt").is_file() and not done) and not (finished and done):
+            continue
+        dst = interim / run.name
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in ("config.yaml", "model.safetensors" if done else "state.pt"):
+            shutil.copy2(run / f, dst / f)
+        if (run / "metrics.jsonl").is_file():
+            with open(run / "metrics.jsonl", "rb") as f_in, gzip.GzipFile(dst / "metrics.jsonl.gz", "wb", mtime=0) as f_out:
+                shutil.copyfileobj(f_in, f_out)
+        saved.append(dst)
     return saved
 
 
