@@ -111,11 +111,12 @@ def teacher_forward_loop(ckpt: Path, preset: str, batch: int, crop: int, warmup:
     if compiled:
         compile_stages(teacher)
     dataset = load_dataset(None, "train", crop, seed=seed)
+    dtype = transform_dtype(precision, torch.device("cpu"))  # once: "auto" reads /proc/cpuinfo
     times = []
     for i in range(warmup + steps):
         x = dataset.sample_batch(i, batch, seed)
         t0 = time.perf_counter()
-        with torch.no_grad(), compiled_stages(compiled), transform_precision(transform_dtype(precision, x.device)):
+        with torch.no_grad(), compiled_stages(compiled), transform_precision(dtype):
             teacher(x, return_features=True)
         times.append(time.perf_counter() - t0)
     return times[warmup:]

@@ -418,7 +418,7 @@ def term_gradients(terms: dict[str, torch.Tensor], objective: TrainingObjective,
         loss = terms["rd_loss" if name == "rd" else f"{name}_loss"]
         g = torch.autograd.grad(loss, on, retain_graph=True, allow_unused=True)
         shared = [g[index[id(p)]] for p in params]
-        values.append(float(torch.linalg.vector_norm(torch.stack([v.norm() for v in shared if v is not None]))))
+        values.append(float(_norm(shared)))
         if keep is not None:
             kept[name] = g
     values = dd.mean(values)

@@ -139,7 +139,7 @@ def seed_from_interim(run: Path, interim: Path | None) -> bool:
     if not ((src / "state.pt").is_file() or (src / "model.safetensors").is_file()):
         return False
     run.mkdir(parents=True, exist_ok=True)
-    for f in ("config.yaml", "state.pt", "model.safetensors"):
+    for f in ("config.yaml", "state.pt", "model.safetensors", "metrics.jsonl"):  # plain metrics: older interims
         if (src / f).is_file():
             shutil.copy2(src / f, run / f)
     if (src / "metrics.jsonl.gz").is_file():
@@ -156,7 +156,7 @@ def save_interim(plan: LadderPlan, interim: Path, finished: bool = False) -> lis
     for lmbda in plan.lambdas:
         run = Path(plan.runs) / plan.name(lmbda)
         done = _finished(run)
-        if not ((run / "state.pt").is_file() and not done) and not (finished and done):
+        if not (done and finished or not done and (run / "state.pt").is_file()):
             continue
         dst = interim / run.name
         dst.mkdir(parents=True, exist_ok=True)
