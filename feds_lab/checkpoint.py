@@ -59,7 +59,9 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, record: dict[str
     """Write ``model`` (after ``update()``, so that it can code) and its record, atomically.
 
     ``storage="float16"`` rounds every float32 parameter (not the buffers) to float16 in the file (the record says so, and
-    the loaders read them back as float32); the fingerprint recorded is the one the loaded model has."""
+    the loaders read them back as float32) and leaves out the buffers the architecture fixes (the masked
+    convolutions' masks: a loader requires them equal to a fresh model's anyway); the fingerprint
+    recorded is the one the loaded model has."""
     if storage not in STORAGES:
         raise ValueError(f"unknown storage {storage!r}; known: {list(STORAGES)}")
     path = Path(path)
@@ -73,7 +75,7 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, record: dict[str
         state = {k: v.half() if v.dtype == torch.float32 and k in params else v for k, v in state.items()}
         # the coder's tables are rebuilt from the weights at load: stored empty
         state = {k: v.reshape(-1)[:0].reshape(0, *v.shape[1:]) if _is_table(k) and v.dim() else v
-                 for k, v in state.items()}
+                 for k, v in state.items() if not _is_fixed(k)}
         twin = copy.deepcopy(model)  # what a loader will hold: the float16 weights as float32
         with torch.no_grad():
             own = dict(twin.named_parameters())
@@ -240,8 +242,10 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
                        "U8": torch.uint8, "BOOL": torch.bool}
 
 
-def check_compatible(model: torch.nn.Module, state: dict[str, Any], source: str = "checkpoint") -> None:
-    """Raise :class:`CheckpointMismatchError` naming every missing, unexpected or mis-shaped tensor.
+def check_compatible(model: torch.nn.Module, state: dict[str, Any], source: str = "checkpoint",
+                     storage: str = "float32") -> None:
+    """Raise :class:`CheckpointMismatchError` naming every missing, unexpected or mis-shaped tensor
+    (float16 storage may leave out the buffers the architecture fixes).
 
     ``state`` maps names to tensors, or to ``(shape, dtype)`` pairs read from a file's header (then
     nothing has been loaded yet); ``model`` may live on the ``meta`` device (then nothing has been
@@ -255,7 +259,7 @@ def check_compatible(model: torch.nn.Module, state: dict[str, Any], source: str 
         shape, dtype = v
         return tuple(shape), _SAFETENSORS_DTYPES.get(str(dtype), str(dtype))
 
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not (storage == "float16" and _is_fixed(k)))
     unexpected = sorted(set(state) - set(own))
     shapes, dtypes = [], []
     for k in own:
@@ -283,6 +287,16 @@ def check_compatible(model: torch.nn.Module, state: dict[str, Any], source: str 
 
 def _is_table(name: str) -> bool:
     return name.endswith(_TABLES)
+
+
+# Buffers the architecture fixes (a masked convolution's mask: 0.46 MB of float32 in a tiny teacher).
+# The float16 storage leaves them out; every loader takes a freshly built model's (check_weights
+# requires a stored one to be equal to it anyway).
+_FIXED = ("context_prediction.mask",)
+
+
+def _is_fixed(name: str) -> bool:
+    return name.endswith(_FIXED)
 
 
 def check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -362,11 +376,12 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> dict[str, A
     source = (f"checkpoint {path.name} ({m.get('family')}/{m.get('role')}/{m.get('preset')}, "
               f"N={m.get('N', m.get('dims'))}, M={m.get('M')})")
     storage = _storage(path, record)
-    check_compatible(model, _file_layout(path, storage), source=source)
+    check_compatible(model, _file_layout(path, storage), source=source, storage=storage)
     state = _read_tensors(path, storage=storage)
-    check_compatible(model, state, source=source)  # the same, from the tensors themselves
+    check_compatible(model, state, source=source, storage=storage)  # the same, from the tensors themselves
     check_weights(model, state, source=source)
     own = model.state_dict()
+    state.update({k: own[k] for k in own if k not in state})  # the fixed buffers a float16 file leaves out
     for k in state:
         if _is_table(k):  # the model's own (empty or current) tables: rebuilt below
             state[k] = own[k]
@@ -446,7 +461,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     except Exception as e:
         raise CheckpointError(f"{path}: the record describes no model this package builds "
                               f"({_build_failure(overrides, e)})") from None
-    check_compatible(skeleton, _file_layout(path, _storage(path, record)), source=f"checkpoint {path.name}")
+    storage = _storage(path, record)
+    check_compatible(skeleton, _file_layout(path, storage), source=f"checkpoint {path.name}", storage=storage)
     del skeleton
     try:
         model = build_model(role, preset=preset, family=family, **overrides)

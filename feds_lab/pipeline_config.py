@@ -232,7 +232,9 @@ class PipelineConfig:
             steps = f"teacher {self.teacher_steps}, students {self.student_steps} steps per λ"
         else:
             steps = f"{self.student_steps if role == 'student' else self.teacher_steps} steps per λ"
-        ladder = ", each λ warm-started from the previous" if self.warm_start_ladder else ""
+        # the chain is how this pipeline trains its own models: not the zoo's (fine-tuned from a long λ)
+        ladder = (", each λ warm-started from the previous"
+                  if self.warm_start_ladder and not (self.teacher == "zoo" and role == "teacher") else "")
         return f"{self.preset} preset, {steps}{ladder}"
 
     # --- the training runs -------------------------------------------------------------------------

@@ -244,22 +244,38 @@ def _finish_panels(fig: Figure, axes, title: str) -> Figure:
 
 def zoo_curves(entries: Sequence[dict[str, Any]], title: str = "The zoo's teachers: validation while training") -> Figure:
     """The validation curves shipped in zoo records (``feds_lab.zoo.entries``): PSNR and real bpp by step,
-    and PSNR against bpp. A fine-tuned lambda's curve starts where its source's training ended."""
-    from .zoo import source_of
+    and PSNR against bpp. A fine-tuned lambda's curve starts where its chain's training ended; the long
+    run its chain starts from is drawn (grey, dashed) from the curve its record carries, shipped or not."""
+    from .zoo import chain
 
     fig, axes = _three_panels()
+    shipped = {e["lmbda"] for e in entries}
+    drawn = set()
+    for e in entries:  # the long runs first, once each
+        src = e["record"].get("source_curve")
+        if not src or src["lmbda"] in drawn or src["lmbda"] in shipped:
+            continue
+        drawn.add(src["lmbda"])
+        curve = np.asarray(src["curve"] or [], dtype=float).reshape(-1, 3)
+        label, grey = f"λ={src['lmbda']:g} (long run, the source; not shipped)", str(min(0.75, 0.25 * len(drawn)))
+        axes[0].plot(curve[:, 0], curve[:, 1], "--", color=grey, label=label)
+        axes[1].plot(curve[:, 0], curve[:, 2], "--", color=grey, label=label)
+        axes[2].plot(curve[:, 2], curve[:, 1], "--", color=grey, alpha=0.6, label=label)
     for i, e in enumerate(entries):
         curve = np.asarray(e["record"].get("val_curve") or [], dtype=float).reshape(-1, 3)
         if not len(curve):
             continue
-        tuned = source_of(e) is not None
-        steps = curve[:, 0] + ((e["record"].get("zoo") or {}).get("steps", 0) if tuned else 0)
-        label, c = f"λ={e['lmbda']:g}" + (" (fine-tuned)" if tuned else ""), f"C{i}"
+        links = chain(e)
+        plan = e["record"].get("zoo") or {}
+        # the long run's steps, then every fine-tune before this one along the chain
+        offset = (plan.get("steps", 0) + (len(links) - 1) * plan.get("finetune_steps", 0)) if links else 0
+        steps = curve[:, 0] + offset
+        label, c = f"λ={e['lmbda']:g}" + (" (fine-tuned)" if links else ""), f"C{i}"
         axes[0].plot(steps, curve[:, 1], "o-", ms=2, color=c, label=label)
         axes[1].plot(steps, curve[:, 2], "o-", ms=2, color=c, label=label)
         axes[2].plot(curve[:, 2], curve[:, 1], "-", color=c, alpha=0.4)
         axes[2].plot(curve[-1:, 2], curve[-1:, 1], "o", color=c, label=label)
-    axes[0].set(title="validation PSNR", xlabel="step (fine-tuned: after their source's)", ylabel="PSNR (dB)")
+    axes[0].set(title="validation PSNR", xlabel="step (fine-tuned: after their sources')", ylabel="PSNR (dB)")
     axes[1].set(title="validation rate, real bitstreams", xlabel="step", ylabel="bpp (from bytes)")
     axes[2].set(title="the path in the RD plane (dot: shipped)", xlabel="bpp", ylabel="PSNR (dB)")
     return _finish_panels(fig, axes, title)

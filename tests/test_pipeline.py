@@ -8,7 +8,7 @@ from feds_lab.errors import FedsLabError
 from feds_lab.pipeline import KEY_FIGURES, KEY_TABLES, NOTEBOOKS, PipelineConfig, PipelineError, run_pipeline
 from feds_lab.zoo import find, verified_path
 
-LAMBDAS = [0.0035, 0.0067, 0.013, 0.025]
+LAMBDAS = [0.0035, 0.0067, 0.025, 0.0932]  # the zoo ships these
 
 
 def tiny(tmp_path, **kw):
@@ -50,7 +50,7 @@ def test_pipeline_writes_everything(pipeline_run):
     results = {p.name for p in (run / "results").glob("*.json")}
     assert {"teacher.json", "student_feds.json", "student_scratch.json"} <= results
     teacher = json.loads((run / "results" / "teacher.json").read_text())
-    assert len(teacher["results"]["bpp"]) == 4 and teacher["meta"]["records"]["0.013"]["budget"]["steps"] == 20_000
+    assert len(teacher["results"]["bpp"]) == 4 and teacher["meta"]["records"]["0.025"]["budget"]["steps"] == 5_000
     for lmbda in LAMBDAS:  # the zoo's files, verified and copied in
         assert (run / "teacher" / f"l{lmbda:g}" / "model.safetensors").read_bytes() == \
             verified_path(find("cnn", "tiny", lmbda)).read_bytes()
@@ -170,7 +170,7 @@ def test_a_variant_can_distil_another_lambda_s_teacher(tmp_path):
     matched = cfg.train_config("student", 0.025, "matched")
     assert matched.teacher == str(layout.teacher_model(0.0067)) and matched.alpha == 0.01
     assert "matched" in matched.warm_start  # its own ladder still
-    assert cfg.train_config("student", 0.013, "matched").teacher == str(layout.teacher_model(0.013))  # the rest: its own
+    assert cfg.train_config("student", 0.0932, "matched").teacher == str(layout.teacher_model(0.0932))  # the rest: its own
     assert cfg.train_config("student", 0.025, "feds").teacher == str(layout.teacher_model(0.025))
     with pytest.raises(FedsLabError, match=r"not in the ladder"):
         tiny(tmp_path, variants={"feds": {"teacher_for": {0.025: 0.5}}}).resolved().train_config("student", 0.025, "feds")

@@ -76,6 +76,40 @@ def test_unknown_lambdas_and_bad_manifests_are_clear_errors(zoo):
         manifest(d)
 
 
+def test_a_float16_file_leaves_out_the_fixed_masks_and_loads_them_from_the_architecture(zoo, tmp_path):
+    from safetensors import safe_open
+
+    from feds_lab.checkpoint import CheckpointMismatchError, load_model
+
+    d, entry = zoo
+    with safe_open(str(d / entry["file"]), "pt") as f:
+        keys = set(f.keys())
+    assert not any(k.endswith("mask") for k in keys) and any(k.endswith("context_prediction.weight") for k in keys)
+    model = load("cnn", "tiny", 0.013, zoo_dir=d)
+    mask = model.latent_codec.y.context_prediction.mask
+    fresh = build_model("teacher", "tiny").latent_codec.y.context_prediction.mask
+    assert torch.equal(mask, fresh) and 0 < mask.mean() < 1  # the context model's mask, built, not read
+    full = tmp_path / "full.safetensors"  # a float32 file must still hold every tensor
+    save_model(model, full)
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(full))
+    state.pop("latent_codec.y.context_prediction.mask")
+    save_file(state, str(full), metadata={"feds_lab": json.dumps(read_record(full))})
+    with pytest.raises(CheckpointMismatchError, match="missing from the checkpoint"):
+        load_model(full)
+
+
+def test_zoo_remove_takes_out_the_file_and_its_entry(zoo):
+    from feds_lab.zoo import remove
+
+    d, entry = zoo
+    assert remove(entry["name"], d)["file"] == entry["file"]
+    assert not (d / entry["file"]).exists() and entries(d) == []
+    with pytest.raises(ZooError, match="no zoo model named"):
+        remove(entry["name"], d)
+
+
 def test_the_shipped_zoo_stays_under_20_mb():
     from feds_lab.zoo import ZOO_DIR
 
@@ -105,13 +139,28 @@ def test_the_shipped_zoo_verifies_and_its_ladders_are_monotonic():
         assert bpp == sorted(bpp), (family, preset)
 
 
+def test_each_shipped_ladder_codes_a_photograph_as_a_trained_codec_does():
+    """The lowest λ of every shipped ladder through real bits: decoded, and far better than an
+    untrained model of its size could do at any rate (a trained teacher, not noise)."""
+    from feds_lab.evaluation.metrics import psnr
+
+    x = dict(builtin_split("val"))["coffee"][:, :128, :192].unsqueeze(0).contiguous()
+    for family, preset in sorted({(e["family"], e["preset"]) for e in entries()}):
+        lmbda = min(e["lmbda"] for e in entries(family=family, preset=preset))
+        model = load(family, preset, lmbda)
+        r = encode(model, x)
+        x_hat = decode(model, r.data).x_hat
+        assert x_hat.shape == x.shape and 0 < r.bpp < 1, (family, lmbda, r.bpp)
+        assert psnr(x_hat.clamp(0, 1), x) > 24, (family, lmbda)
+
+
 def test_the_ladder_plan_fine_tunes_each_lambda_from_its_nearest_long_one(tmp_path):
     plan = LadderPlan(runs=str(tmp_path))
     plan.check()
     assert plan.order() == [0.013, 0.0483, 0.025, 0.0932, 0.0067, 0.0035, 0.0018, 0.0009]
     assert plan.source(0.0035) == 0.013 and plan.source(0.025) == 0.013 and plan.source(0.0483) is None
     assert plan.source(0.0018) == 0.0035 and plan.source(0.0009) == 0.0018  # below the ladder: a chain
-    assert plan.ships(0.025) and not plan.ships(0.0483)  # a source dominated by its neighbour trains, not ships
+    assert plan.ships(0.025) and not plan.ships(0.0483) and not plan.ships(0.013)  # sources train, not all ship
     cfg = plan.config(0.0067).resolved()
     assert cfg.steps == plan.finetune_steps and cfg.lr == plan.finetune_lr and cfg.threads == 1
     assert cfg.warm_start.endswith("cnn-tiny-teacher-l0.013/model.safetensors")
@@ -182,7 +231,7 @@ def test_zoo_train_trains_fine_tunes_and_publishes_a_ladder(tmp_path):
 
     cmd = [sys.executable, "-m", "feds_lab.cli", "zoo", "train", "--lambdas", "0.013,0.025", "--long", "0.013",
            "--steps", "4", "--finetune-steps", "3", "--runs", str(tmp_path / "runs"), "--zoo-dir", str(tmp_path / "zoo"),
-           "--jobs", "2"]
+           "--jobs", "2", "--unshipped", ""]  # publish the long lambda too (the default keeps 0.013 back)
     (tmp_path / "zoo").mkdir()
     env = {**__import__("os").environ, "FEDS_LAB_ZOO_POLL": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -236,6 +285,8 @@ def test_the_pipeline_takes_its_teachers_from_the_shipped_zoo_by_default(tmp_pat
     assert sha256(cfg.teacher_model(lmbda)) == find("cnn", "tiny", lmbda)["sha256"]
     assert cfg.train_config("student", lmbda, "feds").teacher == str(path)
     assert "zoo teachers" in cfg.budget_label("teacher") and "steps" in cfg.teacher_budget()
+    assert "warm-started from the previous" not in cfg.budget_label("teacher")  # the zoo's are fine-tuned from a long λ
+    assert cfg.budget_label("all").endswith("each λ warm-started from the previous")  # the students here are
     with pytest.raises(FedsLabError, match="nothing to train"):
         cfg.train_config("teacher", lmbda)
 
@@ -266,3 +317,18 @@ def test_a_tampered_zoo_file_is_not_installed(zoo, tmp_path):
     with pytest.raises(ZooError, match="does not match its manifest"):
         install("cnn", "tiny", 0.013, tmp_path / "run", zoo_dir=d)
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_the_zoo_curves_draw_the_long_run_once_and_place_each_fine_tune_after_its_chain():
+    from feds_lab.plots import zoo_curves
+
+    plan = {"long": [0.013], "sources": {"0.0009": 0.0035}, "steps": 100, "finetune_steps": 10}
+    source = {"lmbda": 0.013, "curve": [[50, 22.0, 0.5], [100, 25.0, 0.4]]}
+
+    def entry(lmbda):
+        return {"lmbda": lmbda, "record": {"zoo": plan, "val_curve": [[10, 20.0, 0.3]], "source_curve": source}}
+
+    fig = zoo_curves([entry(0.0009), entry(0.0035)])
+    lines = fig.axes[0].get_lines()
+    assert [list(line.get_xdata()) for line in lines] == [[50, 100], [120], [110]]  # 0.0009: after 0.013 and 0.0035
+    assert "not shipped" in lines[0].get_label()

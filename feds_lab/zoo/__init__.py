@@ -8,17 +8,17 @@ and kept::
       manifest.json                          one entry per file: name, family, preset, role, lambda,
                                              sha256, and the training record (steps, data, schedule,
                                              validation PSNR/bpp, the commit that trained it)
-      cnn-tiny-teacher-l0.013.safetensors    float16 parameters (half the size; measured cost below
+      cnn-tiny-teacher-l0.025.safetensors    float16 parameters (half the size; measured cost below
                                              0.1 % in rate), read back as float32
 
 Loading checks the file's sha256 against the manifest before a byte of it is used: a changed,
 truncated or missing file is refused with one line. Nothing is ever downloaded::
 
     from feds_lab.zoo import load, ladder
-    teacher = load("cnn", "tiny", 0.013)              # verified, loaded, ready to code
+    teacher = load("cnn", "tiny", 0.025)              # verified, loaded, ready to code
     for lmbda, path in ladder("cnn", "tiny").items(): ...
 
-``feds-lab zoo list | info NAME | train ...`` (:mod:`feds_lab.zoo.cli`) lists, describes and re-creates
+``feds-lab zoo list | info NAME | remove NAME | train ...`` (:mod:`feds_lab.zoo.cli`) lists, describes and re-creates
 it: :mod:`feds_lab.zoo.train` trains the first lambda long and fine-tunes the others from a neighbour.
 """
 
@@ -112,7 +112,7 @@ def verified_path(entry: dict[str, Any], zoo_dir: str | os.PathLike | None = Non
     return path
 
 
-def load(family: str = "cnn", preset: str = "tiny", lmbda: float = 0.013, role: str = "teacher",
+def load(family: str, preset: str, lmbda: float, role: str = "teacher",
          device: str | torch.device = "cpu", zoo_dir: str | os.PathLike | None = None) -> torch.nn.Module:
     """The zoo's model, verified, loaded and ready to code (eval mode)."""
     from ..checkpoint import load_model
@@ -136,12 +136,14 @@ def install(family: str, preset: str, lmbda: float, run_dir: str | os.PathLike, 
 
 
 def budget_text(entry: dict[str, Any]) -> str:
-    """How a zoo model was trained, in a few words: "20,000 steps" or "5,000 steps fine-tuned from λ 0.013"."""
+    """How a zoo model was trained, in a few words: "20,000 steps", "5,000 steps fine-tuned from λ 0.013
+    (20,000 steps)", or along a chain: "... from λ 0.0018, itself from 0.0035, itself from 0.013 (20,000 steps)"."""
     steps = (entry["record"].get("budget") or {}).get("steps")
     text = f"{steps:,} steps" if isinstance(steps, int) else "steps unknown"
-    src = source_of(entry)
-    if src is not None:
-        text += f" fine-tuned from λ {src:g} ({(entry['record'].get('zoo') or {}).get('steps', 0):,} steps)"
+    sources = chain(entry)  # below the ladder's end a chain: 0.0009 <- 0.0018 <- 0.0035 <- 0.013
+    if sources:
+        text += " fine-tuned from λ " + ", itself from ".join(f"{x:g}" for x in sources)
+        text += f" ({(entry['record'].get('zoo') or {}).get('steps', 0):,} steps)"
     return text
 
 
@@ -190,22 +192,15 @@ def publish(checkpoint: str | os.PathLike, zoo_dir: str | os.PathLike | None = N
         record.pop(key, None)
     metrics = Path(checkpoint).parent / "metrics.jsonl"  # the run's validation curve, shipped in the record
     if metrics.is_file() and "val_curve" not in record:
-        curve = []
-        for line in metrics.read_text().splitlines():
-            try:
-                m = json.loads(line)
-            except ValueError:
-                continue
-            if m.get("kind") == "val" and "psnr" in m:
-                curve.append([int(m["step"]), round(float(m["psnr"]), 4), round(float(m["bpp"]), 5)])
-        record["val_curve"] = curve  # [step, PSNR dB, bpp] on the run's validation split
+        record["val_curve"] = val_curve(metrics)
     record = _portable(record)
     cfg = model.config
     name = zoo_name(cfg["family"], cfg["preset"], cfg["role"], float(record["lmbda"]))
     path = save_model(model, zoo_dir / f"{name}.safetensors", record, storage="float16")
     entry = {"name": name, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
              "family": cfg["family"], "preset": cfg["preset"], "role": cfg["role"], "lmbda": float(record["lmbda"]),
-             "record": {k: record.get(k) for k in ("budget", "val", "val_curve", "zoo", "commit") if k in record}}
+             "record": {k: record.get(k) for k in ("budget", "val", "val_curve", "source_curve", "zoo", "commit")
+                        if k in record}}
     from ..io import atomic_write
 
     with _manifest_lock(zoo_dir):  # two ladders trained side by side publish into one manifest
@@ -214,6 +209,47 @@ def publish(checkpoint: str | os.PathLike, zoo_dir: str | os.PathLike | None = N
         data["models"].sort(key=lambda e: (e["family"], e["preset"], e["role"], e["lmbda"]))
         atomic_write(zoo_dir / MANIFEST, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
     return entry
+
+
+def remove(name: str, zoo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Take a model out of a zoo folder: its manifest entry, then its file. Returns the entry."""
+    from ..io import atomic_write
+
+    zoo_dir = Path(zoo_dir or ZOO_DIR)
+    with _manifest_lock(zoo_dir):
+        data = manifest(zoo_dir)
+        gone = [e for e in data["models"] if e["name"] == name]
+        if not gone:
+            raise ZooError(f"no zoo model named {name!r}; `feds-lab zoo list` shows them")
+        data["models"] = [e for e in data["models"] if e["name"] != name]
+        atomic_write(zoo_dir / MANIFEST, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        (zoo_dir / gone[0]["file"]).unlink(missing_ok=True)
+    return gone[0]
+
+
+def val_curve(metrics: str | os.PathLike) -> list[list[float]]:
+    """[[step, PSNR dB, bpp], ...]: a run's validation points, from its ``metrics.jsonl``."""
+    curve = []
+    for line in Path(metrics).read_text().splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("kind") == "val" and "psnr" in m:
+            curve.append([int(m["step"]), round(float(m["psnr"]), 4), round(float(m["bpp"]), 5)])
+    return curve
+
+
+def chain(entry: dict[str, Any]) -> list[float]:
+    """The lambdas a zoo model was fine-tuned from, nearest first, ending at a long one ([] for a long one)."""
+    plan = entry["record"].get("zoo") or {}
+    long = [float(x) for x in plan.get("long") or []]
+    sources = {float(k): float(v) for k, v in (plan.get("sources") or {}).items()}
+    src, out = source_of(entry), []
+    while src is not None and len(out) < 16:
+        out.append(src)
+        src = source_in(src, long, sources)
+    return out
 
 
 def _portable(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""``feds-lab zoo list | info NAME | train``: the shipped teachers, what each is, and how to re-create them.
+"""``feds-lab zoo list | info NAME | remove NAME | train``: the shipped teachers, what each is, and how to re-create them.
 
 ::
 
@@ -27,6 +27,10 @@ def add_zoo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--zoo-dir")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("remove", help="take a model out of a zoo folder: its file and its manifest entry")
+    p.add_argument("name")
+    p.add_argument("--zoo-dir")
+    p.set_defaults(func=_cmd_remove)
     p = sub.add_parser("train", help="re-create a ladder: long lambdas from scratch, the others fine-tuned")
     from .train import LadderPlan
 
@@ -40,6 +44,8 @@ def add_zoo_parser(subparsers) -> argparse.ArgumentParser:
                    help="fine-tune LAMBDA from SOURCE instead of the nearest long lambda (e.g. 0.0018=0.0035: "
                         "a lambda beyond the ladder's end from its neighbour); repeatable. Default: "
                         + ", ".join(f"{k:g}={v:g}" for k, v in d.sources.items()))
+    p.add_argument("--unshipped", default=",".join(f"{x:g}" for x in d.unshipped),
+                   help="lambdas trained (as sources) but not published into the zoo; '' publishes every one")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--finetune-steps", type=int, default=d.finetune_steps)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -56,13 +62,15 @@ def add_zoo_parser(subparsers) -> argparse.ArgumentParser:
     return zoo
 
 
-def _floats(text: str, flag: str) -> tuple[float, ...]:
+def _floats(text: str, flag: str, empty: bool = False) -> tuple[float, ...]:
     from ..errors import FedsLabError
 
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise FedsLabError(f"{flag} takes numbers separated by commas, e.g. 0.0067,0.013; got {text!r}") from None
+    if not values and empty:
+        return values
     if not values or any(v <= 0 for v in values):
         raise FedsLabError(f"{flag} takes positive lambdas, got {text!r}")
     return values
@@ -99,6 +107,13 @@ def _cmd_info(args) -> None:
     raise ZooError(f"no zoo model named {args.name!r}; `feds-lab zoo list` shows them")
 
 
+def _cmd_remove(args) -> None:
+    from . import remove
+
+    entry = remove(args.name, args.zoo_dir)
+    print(f"removed {entry['file']} ({entry['bytes'] / 1e6:.1f} MB) from the zoo")
+
+
 def _cmd_train(args) -> None:
     from ..errors import FedsLabError
     from .train import LadderPlan, save_interim, train_ladder
@@ -114,6 +129,7 @@ def _cmd_train(args) -> None:
         sources = {k: v for k, v in LadderPlan().sources.items() if k in lambdas and v in lambdas}
     plan = LadderPlan(family=args.family, preset=args.preset, lambdas=lambdas, long=long, sources=sources, steps=args.steps,
                       finetune_steps=args.finetune_steps, lr=args.lr, finetune_lr=args.finetune_lr,
+                      unshipped=_floats(args.unshipped, "--unshipped", empty=True),
                       data=str(Path(args.data).resolve()) if args.data else None, runs=args.runs)
     if args.save_interim:
         for path in save_interim(plan, Path(args.save_interim), finished=not args.publish):
