@@ -178,3 +178,19 @@ def test_a_variant_of_the_reference_is_pooled_against_it_too(tmp_path):
     ax = seed_comparison(table).axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["feds@600\nvs scratch@600", "rate@600\nvs scratch@600",
                                                             "rate@600\nvs feds@600"]
+
+
+def test_a_cross_family_student_s_seeds_are_pooled_against_its_own_scratch(tmp_path):
+    # the config's own pair (cnn_scratch, cnn_feds): the CNN student distilling a transformer teacher
+    # against the CNN student trained alone, seed by seed, beside the rows against the family's scratch
+    factors = {"scratch": 1.0, "scratch_s1": 1.0, "feds": 1.0, "feds_s1": 1.0,
+               "cnn_scratch": 0.8, "cnn_scratch_s1": 0.8, "cnn_feds": 0.72, "cnn_feds_s1": 0.72}
+    files = [_results(name, f, tmp_path, k) for k, (name, f) in enumerate(factors.items())]
+    variants = {"feds": {}, "scratch": {"baseline": "scratch"}, "cnn_feds": {"family": "cnn"},
+                "cnn_scratch": {"family": "cnn", "baseline": "scratch"}}
+    analysis = _analysis(files, tmp_path, 100, family="transformer", variants=variants, reference="scratch",
+                         seeds={v: [1] for v in variants})
+    analysis.extra = [("cnn_scratch", "cnn_feds")]
+    pooled = analysis.seed_table().query("comparison == 'pooled'").set_index(["variant", "anchor_group"])
+    assert pooled.loc[("cnn_feds", "cnn_scratch"), "bd_rate"] == pytest.approx(-10, abs=3)
+    assert pooled.loc[("cnn_feds", "scratch"), "bd_rate"] == pytest.approx(-28, abs=3)

@@ -166,6 +166,9 @@ class RDAnalysis:
         if self.reference != "scratch":
             changed = {v: s for v, s in groups.items() if self.variant(v).base != "scratch"}
             tables.append(seed_table(self, changed, anchor=self.reference, metric=metric))
+        for anchor, test in self.extra:  # the config's own pairs (a cross-family student against its own scratch)
+            if anchor in groups and test in groups and anchor != "scratch":
+                tables.append(seed_table(self, {anchor: groups[anchor], test: groups[test]}, anchor=anchor, metric=metric))
         tables = [t for t in tables if len(t)]
         return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
