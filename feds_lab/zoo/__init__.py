@@ -243,10 +243,14 @@ def val_curve(metrics: str | os.PathLike) -> list[list[float]]:
 def chain(entry: dict[str, Any]) -> list[float]:
     """The lambdas a zoo model was fine-tuned from, nearest first, ending at a long one ([] for a long one)."""
     plan = entry["record"].get("zoo") or {}
-    long = [float(x) for x in plan.get("long") or []]
-    sources = {float(k): float(v) for k, v in (plan.get("sources") or {}).items()}
-    src, out = source_of(entry), []
-    while src is not None and len(out) < 16:
+    sources = {float(k): float(v) for k, v in (plan.get("sources") or {}).items()}  # JSON keys are strings
+    return chain_in(entry["lmbda"], [float(x) for x in plan.get("long") or []], sources)
+
+
+def chain_in(lmbda: float, long: Sequence[float], sources: dict[float, float] | None = None) -> list[float]:
+    """:func:`source_in` followed to a long lambda: the lambdas ``lmbda`` is fine-tuned from, nearest first."""
+    out, src = [], source_in(lmbda, long, sources)
+    while src is not None and len(out) < 16:  # a plan's check() refuses circles; a record is not trusted to
         out.append(src)
         src = source_in(src, long, sources)
     return out

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import ZOO_DIR, publish, source_in, val_curve, zoo_name
+from . import ZOO_DIR, chain_in, publish, source_in, val_curve, zoo_name
 
 
 @dataclass
@@ -281,13 +281,8 @@ def _publish(plan: LadderPlan, run: Path, zoo_dir: str | None) -> dict[str, Any]
 
     extra = {"zoo": {k: v for k, v in dataclasses.asdict(plan).items() if k not in ("runs", "extra")},
              "data": data_record(plan.data, plan.split), "commit": _commit()}
-    lmbda = float(read_record(run / "model.safetensors")["lmbda"])
-    chain_ = []
-    src = plan.source(lmbda)
-    while src is not None:
-        chain_.append(src)
-        src = plan.source(src)
-    source_metrics = Path(plan.runs) / plan.name(chain_[-1]) / "metrics.jsonl" if chain_ else None
+    sources = chain_in(float(read_record(run / "model.safetensors")["lmbda"]), plan.long, plan.sources)
+    source_metrics = Path(plan.runs) / plan.name(sources[-1]) / "metrics.jsonl" if sources else None
     if source_metrics is not None and source_metrics.is_file():  # the long run's curve, which may not ship itself
-        extra["source_curve"] = {"lmbda": chain_[-1], "curve": val_curve(source_metrics)}
+        extra["source_curve"] = {"lmbda": sources[-1], "curve": val_curve(source_metrics)}
     return publish(run / "model.safetensors", zoo_dir or ZOO_DIR, extra)
