@@ -5,7 +5,11 @@ One trial is one FEDS student *ladder*: a student per lambda of the pipeline con
 from the previous, as the pipeline trains them), trained on ``tune-train`` and coded for real on
 ``tune-val`` (feds_lab.data: both cut from the training split, so the search never sees the images a
 study reports). Its objective is the BD-rate of that curve against the scratch baseline's curve on
-the same images (%, lower is better). A lower L_RD at one lambda is not a better codec (docs/method.md,
+the same images (%, lower is better). With several seeds per trial (``--seeds 0,1``) each seed trains
+its own FEDS ladder and its own scratch ladder (same seed: same initial weights, crops and noise), and
+the objective is the BD-rate of the seed-mean FEDS curve against the seed-mean scratch curve: at short
+budgets a student's seed moves its curve by more than the settings do, and one seed ranks that noise
+(ours; docs/studies/study-zoo.md). A lower L_RD at one lambda is not a better codec (docs/method.md,
 "Distillation at short budgets"): only a curve is. After each lambda the trial reports the mean PSNR
 gain at matched rate over the points so far, and Optuna's median pruner stops trials that trail.
 
@@ -118,12 +122,27 @@ def val_point(checkpoint: Path) -> tuple[float, float]:
     return float(val["bpp"]), float(val["psnr"])
 
 
+def seed_mean(curves: list[list]) -> list[tuple[float, float]]:
+    """[(bpp, PSNR)] per lambda, averaged over seeds (each curve one seed's points, lambda by lambda)."""
+    arr = np.asarray(curves, dtype=float)  # seeds x lambdas x 2
+    return [(float(b), float(q)) for b, q in arr.mean(axis=0)]
+
+
 # --- the search ------------------------------------------------------------------------------------
 class Search:
     """One search over one pipeline config's FEDS students (the config's teachers, data, budget)."""
 
-    def __init__(self, pipeline_config: PipelineConfig, storage: str | None = None, study_name: str | None = None):
-        self.pcfg = pipeline_config.resolved()
+    def __init__(self, pipeline_config: PipelineConfig, storage: str | None = None, study_name: str | None = None,
+                 seeds: list[int] | tuple[int, ...] | None = None):
+        pcfg = pipeline_config.resolved()
+        #: every trial's seeds (the config's own seed by default); the first is the config's layout
+        self.seeds = [int(s) for s in (seeds if seeds is not None else [pcfg.seed])]
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise TuneError(f"seeds must be distinct non-negative integers, got {list(seeds or [])}")
+        extra = sorted({s for s in self.seeds if s != pcfg.seed} - set(pcfg.seeds.get("scratch", [])))
+        if extra:  # each further seed's scratch ladder is the pipeline's own ``scratch_s<seed>`` variant
+            pcfg = pcfg.updated({"seeds": {**pcfg.seeds, "scratch": sorted([*pcfg.seeds.get("scratch", []), *extra])}})
+        self.pcfg = pcfg
         if len(self.pcfg.lambdas) < 4:
             raise TuneError(f"a search needs four lambdas or more (a BD-rate needs four points), got {self.pcfg.lambdas}")
         # each trial is the config's FEDS variant (``reference``) with the trial's settings on top
@@ -133,7 +152,9 @@ class Search:
         self.root = self.pcfg.layout.tune
         self.root.mkdir(parents=True, exist_ok=True)
         self.storage_url = storage or f"sqlite:///{(self.root / 'optuna.db').resolve()}"
-        self.study_name = study_name or f"{self.pcfg.name}-feds"
+        default = f"{self.pcfg.name}-feds" + ("" if self.seeds == [self.pcfg.seed] else
+                                               "-seeds" + "-".join(map(str, self.seeds)))
+        self.study_name = study_name or default
 
     # --- storage and study ----------------------------------------------------------------------
     def storage(self):
@@ -157,20 +178,35 @@ class Search:
         pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
         study = optuna.create_study(storage=self.storage(), study_name=self.study_name, direction="minimize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
+        # one objective per study: trials measured on other seeds are not comparable
+        held = study.user_attrs.get("seeds")
+        if held is None and not study.trials:
+            study.set_user_attr("seeds", self.seeds)
+        elif (held or [self.pcfg.seed]) != self.seeds:
+            raise TuneError(f"study {self.study_name!r} measures every trial on seeds {held or [self.pcfg.seed]}, "
+                            f"not {self.seeds}: pass the same --seeds, or another --study-name")
         if all(t.state == optuna.trial.TrialState.FAIL for t in study.trials):
             # (again, if every trial so far failed); once, however many workers open a new study
             study.enqueue_trial(PRIOR, skip_if_exists=not study.trials)
         return study
 
     # --- what every trial compares against -------------------------------------------------------
-    def references(self, log=print, wait: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Train (or find) the teachers and the scratch ladder; the scratch curve on tune-val.
+    def scratch_variant(self, seed: int) -> str:
+        """The pipeline's scratch variant of one seed (``scratch``, or ``scratch_s<seed>``)."""
+        return "scratch" if seed == self.pcfg.seed else f"scratch_s{seed}"
+
+    def references(self, log=print, wait: bool = False) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Train (or find) the teachers and each seed's scratch ladder; {seed: scratch curve on tune-val}.
 
         ``wait``: train nothing; wait for another process (a pipeline, another worker) to finish them."""
         for lmbda in self.pcfg.lambdas if not wait else []:  # waiting: each trial waits for its teacher
             self.reference("teacher", lmbda, None, log, wait)
-        pts = [val_point(self.reference("student", l, "scratch", log, wait)) for l in self.pcfg.lambdas]
-        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        curves = {}
+        for seed in self.seeds:
+            pts = [val_point(self.reference("student", l, self.scratch_variant(seed), log, wait))
+                   for l in self.pcfg.lambdas]
+            curves[seed] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+        return curves
 
     def reference(self, role: str, lmbda: float, variant: str | None, log=print, wait: bool = False) -> Path:
         """The finished checkpoint of one teacher or scratch run (trained here unless ``wait``; a zoo
@@ -201,6 +237,8 @@ class Search:
 
     # --- one trial --------------------------------------------------------------------------------
     def objective(self, trial, scratch, log=print, wait: bool = False) -> float:
+        """One trial: a FEDS ladder per seed; the BD-rate (%) of their seed-mean curve against the
+        seed-mean scratch curve. ``scratch``: {seed: curve}, or a callable that makes it when first needed."""
         import optuna
 
         settings = suggest(trial)
@@ -208,34 +246,47 @@ class Search:
         folder = self.root / f"trial-{key}"  # named by study and settings: a retried trial resumes its runs
         trial.set_user_attr("folder", str(folder))
         trial.set_user_attr("settings", settings)
-        points, previous = [], None
+        trial.set_user_attr("seeds", self.seeds)
+        by_seed: dict[int, list] = {}
+        n = len(self.pcfg.lambdas)
         t0 = time.perf_counter()
-        for k, lmbda in enumerate(self.pcfg.lambdas):
-            over = {**settings, "out": str(folder / f"l{lmbda:g}")}
-            if self.pcfg.warm_start_ladder:
-                over["warm_start"] = str(previous) if previous else None
-            self.reference("teacher", lmbda, None, log, wait)
-            previous = train(self._config("student", lmbda, self.base, over))
-            points.append(val_point(previous))
-            if callable(scratch):  # the scratch curve, once it exists
-                scratch = scratch()
-            try:
-                gain = psnr_gain_at_matched_rate(scratch, points)
-            except BDRateError as e:  # a scratch curve with no two points on its front: nothing to prune by
-                gain = None
-                log(f"[tune] trial {trial.number} lambda {lmbda:g}: no matched-rate figure ({e})")
-            trial.set_user_attr("points", points)
-            if gain is None:
-                continue
-            log(f"[tune] trial {trial.number} lambda {lmbda:g}: {points[-1][1]:.2f} dB at {points[-1][0]:.4f} bpp "
-                f"(mean {gain:+.3f} dB against scratch at matched rate)")
-            trial.report(-gain, k)
-            trial.set_user_attr("psnr_gain", gain)
-            if k < len(self.pcfg.lambdas) - 1 and trial.should_prune():
-                raise optuna.TrialPruned()
+        for i, seed in enumerate(self.seeds):
+            # the config's seed keeps the single-seed layout (l<lambda>), so a one-seed search resumes in it
+            base = folder if seed == self.pcfg.seed else folder / f"s{seed}"
+            points, previous = by_seed.setdefault(seed, []), None
+            for k, lmbda in enumerate(self.pcfg.lambdas):
+                over = {**settings, "seed": seed, "out": str(base / f"l{lmbda:g}")}
+                if self.pcfg.warm_start_ladder:
+                    over["warm_start"] = str(previous) if previous else None
+                self.reference("teacher", lmbda, None, log, wait)
+                previous = train(self._config("student", lmbda, self.base, over))
+                points.append(val_point(previous))
+                if callable(scratch):  # the scratch curves, once they exist
+                    scratch = scratch()
+                trial.set_user_attr("points_by_seed", {str(s): p for s, p in by_seed.items()})
+                # pruning: the mean PSNR gain at matched rate of every point so far, each seed against its own scratch
+                gains = []
+                for s_, pts in by_seed.items():
+                    try:
+                        gains.append(psnr_gain_at_matched_rate(scratch[s_], pts))
+                    except BDRateError as e:  # a scratch curve with no two points on its front
+                        log(f"[tune] trial {trial.number} seed {s_}: no matched-rate figure ({e})")
+                if not gains:
+                    continue
+                gain = float(np.mean(gains))
+                log(f"[tune] trial {trial.number} seed {seed} lambda {lmbda:g}: {points[-1][1]:.2f} dB at "
+                    f"{points[-1][0]:.4f} bpp (mean {gain:+.3f} dB against scratch at matched rate)")
+                step = i * n + k
+                trial.report(-gain, step)
+                trial.set_user_attr("psnr_gain", gain)
+                if step < len(self.seeds) * n - 1 and trial.should_prune():
+                    raise optuna.TrialPruned()
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+        points = seed_mean([by_seed[s] for s in self.seeds])
+        trial.set_user_attr("points", points)
+        ref = seed_mean([list(zip(*scratch[s])) for s in self.seeds])
         try:
-            return float(bd_rate(*scratch, [p[0] for p in points], [p[1] for p in points]))
+            return float(bd_rate([p[0] for p in ref], [p[1] for p in ref], [p[0] for p in points], [p[1] for p in points]))
         except BDRateError as e:
             trial.set_user_attr("note", f"no BD-rate: {e}")
             return BD_UNDEFINED
@@ -272,7 +323,9 @@ class Search:
         def scratch():
             if not curve:
                 curve.append(self.references(log, wait))
-                log("[tune] scratch on tune-val: " + ", ".join(f"{q:.2f} dB at {r:.4f} bpp" for r, q in zip(*curve[0])))
+                for s, (rates, quality) in curve[0].items():
+                    log(f"[tune] scratch seed {s} on tune-val: "
+                        + ", ".join(f"{q:.2f} dB at {r:.4f} bpp" for r, q in zip(rates, quality)))
             return curve[0]
 
         if not wait:
@@ -298,7 +351,8 @@ def summary(study) -> dict[str, Any]:
                      "psnr_gain": t.user_attrs.get("psnr_gain"), "points": t.user_attrs.get("points"),
                      "note": t.user_attrs.get("note", ""), "seconds": t.user_attrs.get("seconds")})
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    out: dict[str, Any] = {"study": study.study_name, "trials": rows, "complete": len(complete)}
+    out: dict[str, Any] = {"study": study.study_name, "seeds": study.user_attrs.get("seeds"), "trials": rows,
+                           "complete": len(complete)}
     if complete:
         best = study.best_trial
         out["best"] = {"number": best.number, "value": best.value, "params": best.params,
@@ -323,7 +377,9 @@ def write_summary(search: Search, study, log=print) -> Path:
         (search.root / "best.yaml").write_text(yaml.safe_dump(s["best"]["settings"], sort_keys=False))
         log(f"[tune] best: trial {s['best']['number']}, BD-rate {s['best']['value']:+.2f} % against scratch on "
             f"tune-val; settings in {search.root / 'best.yaml'}")
-    fig = tune_figure(s)
+    seeds = s.get("seeds") or [search.pcfg.seed]
+    fig = tune_figure(s, title="FEDS search on tune-val" + (f" ({len(seeds)} seeds per trial: seed-mean curves)"
+                                                            if len(seeds) > 1 else ""))
     fig.savefig(search.root / "tune_search.png", dpi=120, bbox_inches="tight")
     log(f"[tune] {s['complete']} complete of {len(s['trials'])} trials; summary {path}")
     return path
@@ -339,7 +395,8 @@ def _cmd_tune(args) -> None:
             raise TuneError(f"--set expects key=value, got {item!r}")
         values[key.strip()] = yaml.safe_load(raw)
     cfg = cfg.updated(values)
-    search = Search(cfg, storage=args.storage, study_name=args.study_name)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+    search = Search(cfg, storage=args.storage, study_name=args.study_name, seeds=seeds)
     print(f"[tune] study {search.study_name!r} in {search.storage_url}", file=sys.stderr)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     if args.enqueue:
@@ -359,6 +416,9 @@ def add_tune_parser(sub) -> None:
                                      "journal:PATH (a file on a shared disk), or a database URL")
     p.add_argument("--study-name", dest="study_name", help="default: <pipeline name>-feds")
     p.add_argument("--seed", type=int, help="the sampler's seed (default: none, so that workers draw apart)")
+    p.add_argument("--seeds", help="training seeds of every trial, comma-separated (default: the config's seed): "
+                                   "each trains its own FEDS and scratch ladders; the objective is the BD-rate "
+                                   "of the seed-mean curves. Keep one list per study")
     p.add_argument("--enqueue", metavar="YAML",
                    help="queue designed trials first: a list of parameter mappings (e.g. configs/tune/probes.yaml)")
     p.add_argument("--wait", action="store_true",

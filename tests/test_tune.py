@@ -4,6 +4,7 @@ and measures only on tune-val; the PSNR-at-matched-rate helper against a hand ex
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,47 @@ def test_tiny_search_runs_and_resumes(tmp_path, one_thread):
     assert s["complete"] + sum(r["state"] == "PRUNED" for r in s["trials"]) == 2
     assert (path.parent / "tune_search.png").stat().st_size > 1000
     assert (path.parent / "best.yaml").exists() == bool(s["complete"])
+
+
+@pytest.mark.slow
+def test_trial_on_several_seeds_scores_the_seed_mean_curves(tmp_path, one_thread):
+    from feds_lab.evaluation.bdrate import BDRateError, bd_rate
+    from feds_lab.tune import BD_UNDEFINED, TuneError, val_point
+
+    cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), teacher="train", teacher_steps=2, student_steps=3,
+                         lambdas=[0.0018, 0.0067, 0.025, 0.0483], threads=1, data=str(_small_photos(tmp_path / "photos")),
+                         train={"train_split": "tune-train", "crop": 64, "batch_size": 2})
+    search = Search(cfg, seeds=[0, 1])
+    assert search.study_name == "s-feds-seeds0-1"
+    study = search.run(1, log=lambda m: None)
+    (t,) = [t for t in study.trials if t.state.is_finished()]
+    folder = Path(t.user_attrs["folder"])
+    lambdas = ["l0.0018", "l0.0067", "l0.025", "l0.0483"]
+    # seed 0 in the one-seed layout, seed 1 beside it; each seed's scratch ladder is the pipeline's own
+    assert sorted(p.name for p in (folder / "s1").iterdir()) == lambdas
+    runs = {0: [folder / l / "model.safetensors" for l in lambdas],
+            1: [folder / "s1" / l / "model.safetensors" for l in lambdas]}
+    scratch = {0: [tmp_path / "s" / "student" / "scratch" / l / "model.safetensors" for l in lambdas],
+               1: [tmp_path / "s" / "student" / "scratch_s1" / l / "model.safetensors" for l in lambdas]}
+    from feds_lab.checkpoint import read_record
+
+    assert read_record(runs[1][2])["train_config"]["seed"] == 1
+    assert read_record(scratch[1][2])["train_config"]["seed"] == 1
+    # the two seeds are different draws, and the objective is the BD-rate of the seed means
+    assert [val_point(p) for p in runs[0]] != [val_point(p) for p in runs[1]]
+    mean = lambda paths: np.mean([[val_point(p) for p in paths[s]] for s in (0, 1)], axis=0)  # noqa: E731
+    f, r = mean(runs), mean(scratch)
+    try:
+        expected = bd_rate(r[:, 0], r[:, 1], f[:, 0], f[:, 1])
+    except BDRateError:  # three training steps: the mean curve may not be monotonic
+        expected = BD_UNDEFINED
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(expected)
+    np.testing.assert_allclose(t.user_attrs["points"], f)
+    # a study keeps its seeds: another list is refused, not mixed into its ranking
+    with pytest.raises(TuneError, match="seeds"):
+        Search(cfg, study_name="s-feds-seeds0-1", seeds=[0, 2]).study()
+    with pytest.raises(TuneError, match="seeds"):
+        Search(cfg, study_name="s-feds-seeds0-1").study()
 
 
 def test_designed_trials_are_queued_once(tmp_path):
