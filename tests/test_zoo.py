@@ -254,6 +254,9 @@ def test_zoo_train_trains_fine_tunes_and_publishes_a_ladder(tmp_path):
     assert {n: now[n]["sha256"] for n in before} == before
     assert source_of(now["cnn-tiny-teacher-l0.0067"]) == 0.025 and source_of(now["cnn-tiny-teacher-l0.025"]) == 0.013
     assert "fine-tuned from λ 0.025" in budget_text(now["cnn-tiny-teacher-l0.0067"])
+    # the chain's long-run curve is the manifest's (one per chain), not stored again in each file
+    assert now["cnn-tiny-teacher-l0.0067"]["record"]["source_curve"]["lmbda"] == 0.013
+    assert "source_curve" not in read_record(verified_path(now["cnn-tiny-teacher-l0.0067"], tmp_path / "zoo"))
 
 
 def test_zoo_info_shows_the_file_s_record_with_its_data(zoo, capsys):

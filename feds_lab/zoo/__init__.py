@@ -7,7 +7,8 @@ and kept::
     feds_lab/zoo/
       manifest.json                          one entry per file: name, family, preset, role, lambda,
                                              sha256, and the training record (steps, data, schedule,
-                                             validation PSNR/bpp, the commit that trained it)
+                                             validation PSNR/bpp, the commit that trained it, and the
+                                             curve of the long run a fine-tune's chain starts from)
       cnn-tiny-teacher-l0.025.safetensors    float16 parameters (half the size; measured cost below
                                              0.1 % in rate), read back as float32
 
@@ -36,6 +37,8 @@ from ..errors import CheckpointError, one_line
 
 ZOO_DIR = Path(__file__).resolve().parent
 MANIFEST = "manifest.json"
+#: record fields kept in the manifest entry only (not in the file's own record)
+MANIFEST_ONLY = ("source_curve",)
 MANIFEST_FORMAT = "feds-lab-zoo/1"
 #: the fields every manifest entry has
 _ENTRY_FIELDS = {"name": str, "file": str, "sha256": str, "family": str, "preset": str, "role": str,
@@ -196,7 +199,9 @@ def publish(checkpoint: str | os.PathLike, zoo_dir: str | os.PathLike | None = N
     record = _portable(record)
     cfg = model.config
     name = zoo_name(cfg["family"], cfg["preset"], cfg["role"], float(record["lmbda"]))
-    path = save_model(model, zoo_dir / f"{name}.safetensors", record, storage="float16")
+    # the long run's curve is its chain's, the same for every fine-tune of it: the manifest holds it
+    file_record = {k: v for k, v in record.items() if k not in MANIFEST_ONLY}
+    path = save_model(model, zoo_dir / f"{name}.safetensors", file_record, storage="float16")
     entry = {"name": name, "file": path.name, "sha256": sha256(path), "bytes": path.stat().st_size,
              "family": cfg["family"], "preset": cfg["preset"], "role": cfg["role"], "lmbda": float(record["lmbda"]),
              "record": {k: record.get(k) for k in ("budget", "val", "val_curve", "source_curve", "zoo", "commit")
@@ -207,8 +212,16 @@ def publish(checkpoint: str | os.PathLike, zoo_dir: str | os.PathLike | None = N
         data = manifest(zoo_dir)
         data["models"] = [e for e in data["models"] if e["name"] != name] + [entry]
         data["models"].sort(key=lambda e: (e["family"], e["preset"], e["role"], e["lmbda"]))
-        atomic_write(zoo_dir / MANIFEST, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(zoo_dir / MANIFEST, _manifest_bytes(data))
     return entry
+
+
+def _manifest_bytes(data: dict[str, Any]) -> bytes:
+    """The manifest as written: one entry per line, no padding (a diff shows the entry that changed; the
+    zoo's size counts against the repository's)."""
+    lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in data["models"]]
+    rest = json.dumps({k: v for k, v in data.items() if k != "models"}, sort_keys=True, separators=(",", ":"))
+    return (rest[:-1] + (',' if rest != "{}" else '') + '"models":[\n' + ",\n".join(lines) + "\n]}\n").encode()
 
 
 def remove(name: str, zoo_dir: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -222,7 +235,7 @@ def remove(name: str, zoo_dir: str | os.PathLike | None = None) -> dict[str, Any
         if not gone:
             raise ZooError(f"no zoo model named {name!r}; `feds-lab zoo list` shows them")
         data["models"] = [e for e in data["models"] if e["name"] != name]
-        atomic_write(zoo_dir / MANIFEST, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(zoo_dir / MANIFEST, _manifest_bytes(data))
         (zoo_dir / gone[0]["file"]).unlink(missing_ok=True)
     return gone[0]
 

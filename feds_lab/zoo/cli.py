@@ -97,11 +97,12 @@ def _cmd_info(args) -> None:
     from . import ZooError, entries
 
     from ..checkpoint import read_record
-    from . import verified_path
+    from . import MANIFEST_ONLY, verified_path
 
     for e in entries(args.zoo_dir, role="teacher") + entries(args.zoo_dir, role="student"):
         if e["name"] == args.name:  # the manifest entry, then the file's own record (data, sources, budget)
             record = read_record(verified_path(e, args.zoo_dir))
+            record.update({k: e["record"][k] for k in MANIFEST_ONLY if k in e["record"]})
             print(json.dumps({**e, "record": record}, indent=1, default=str))
             return
     raise ZooError(f"no zoo model named {args.name!r}; `feds-lab zoo list` shows them")
