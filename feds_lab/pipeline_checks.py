@@ -71,6 +71,16 @@ def check_reference(reference: str, variants: dict[str, Any]) -> None:
         raise FedsLabError(f"reference: {reference!r} is not a variant; the variants are {sorted(variants)}")
 
 
+def check_learning_curve(learning_curve: Any, reference: str) -> None:
+    """A learning curve compares distilled ladders with scratch's: one that names only scratch, with
+    scratch as the reference, has nothing to compare (notebook 04 would find out after the training)."""
+    named = [v for v in dict.fromkeys([reference, *(learning_curve or {})]) if v != "scratch"]
+    if isinstance(learning_curve, dict) and learning_curve and not named:
+        raise FedsLabError("learning_curve names scratch budgets only and the reference is scratch: nothing to "
+                           "compare them with; list the distilled variant too, at student_steps for its own "
+                           "budget (e.g. {feds: [600], scratch: [1200]})")
+
+
 def checked_comparisons(pairs: Any, variants: dict[str, Any]) -> list[list[str]]:
     """The config's own (anchor, test) pairs for the BD table, each a variant or "teacher"."""
     for pair in pairs or []:

@@ -24,6 +24,7 @@ from .errors import FedsLabError
 from .pipeline_checks import (
     check_counts,
     check_mappings,
+    check_learning_curve,
     check_notebooks,
     check_reference,
     check_run_name,
@@ -152,6 +153,7 @@ class PipelineConfig:
         check_counts(self.seed, self.entropy_images)
         check_mappings(train=self.train, variants=self.variants)
         check_reference(self.reference, self.variants)
+        check_learning_curve(self.learning_curve, self.reference)
         new.variants = {name: v.entry for name, v in new.variant_records().items()}  # a bad teacher_for fails here
         new.comparisons = checked_comparisons(self.comparisons, new.variants)
         new.student_family = self.student_family or self.family

@@ -59,6 +59,11 @@ def test_curve_variants_expand_from_the_config(tmp_path):
         PipelineConfig(teacher="train", runs_dir=str(tmp_path), learning_curve={"fedz": [100]}).resolved()
     with pytest.raises(FedsLabError, match="positive whole number"):
         PipelineConfig(teacher="train", runs_dir=str(tmp_path), learning_curve={"feds": [0]}).resolved()
+    # scratch budgets alone, scratch the reference: nothing to compare them with, said before any training
+    only_scratch = dict(teacher="train", runs_dir=str(tmp_path), student_steps=300, reference="scratch")
+    with pytest.raises(FedsLabError, match="scratch budgets only"):
+        PipelineConfig(**only_scratch, learning_curve={"scratch": [1200]}).resolved()
+    assert "scratch@1200" in PipelineConfig(**only_scratch, learning_curve={"feds": [300], "scratch": [1200]}).resolved().variants
 
 
 def test_equal_steps_and_equal_wall_clock_rows(tmp_path):
