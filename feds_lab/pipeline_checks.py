@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import FedsLabError
 from .run_folder import NOTEBOOKS
+from .variants import curve_tests
 
 
 def check_run_name(name: Any, runs_dir: Any = "runs") -> str:
@@ -74,8 +75,7 @@ def check_reference(reference: str, variants: dict[str, Any]) -> None:
 def check_learning_curve(learning_curve: Any, reference: str) -> None:
     """A learning curve compares distilled ladders with scratch's: one that names only scratch, with
     scratch as the reference, has nothing to compare (notebook 04 would find out after the training)."""
-    named = [v for v in dict.fromkeys([reference, *(learning_curve or {})]) if v != "scratch"]
-    if isinstance(learning_curve, dict) and learning_curve and not named:
+    if isinstance(learning_curve, dict) and learning_curve and not curve_tests(reference, learning_curve):
         raise FedsLabError("learning_curve names scratch budgets only and the reference is scratch: nothing to "
                            "compare them with; list the distilled variant too, at student_steps for its own "
                            "budget (e.g. {feds: [600], scratch: [1200]})")

@@ -95,6 +95,12 @@ def split_curve_variant(name: str) -> tuple[str, int | None]:
     return (base, int(steps)) if sep and steps.isdigit() else (name, None)
 
 
+def curve_tests(reference: str, learning_curve: Any) -> list[str]:
+    """The ladders a learning curve measures against scratch's: the reference first, then every other
+    variant it lists (scratch is the anchor, also when it is the reference)."""
+    return [v for v in dict.fromkeys([reference, *(learning_curve or {})]) if v != "scratch"]
+
+
 def seed_variant(base: str, seed: int) -> str:
     """The variant name of ``base`` trained with another ``seed``: ``feds_s3``; a learning curve's
     ``feds@600`` gives ``feds_s3@600`` (the seed names the variant, the budget stays its curve's)."""

@@ -181,14 +181,10 @@ ps.round(3)
 
 # %%
 from feds_lab.evaluation.learning_curve import learning_curve_table, pooled_by_budget
+from feds_lab.variants import curve_tests
 
-# the reference first; scratch is what each is measured against (also when it is the reference)
-curve_variants = [v for v in dict.fromkeys([cfg.reference, *(cfg.learning_curve or {})]) if v != "scratch"]
-if cfg.learning_curve and not curve_variants:
-    print("the learning curve names scratch budgets only and the reference is scratch: list the distilled "
-          "variant to compare, e.g. learning_curve: {feds: [600], scratch: [1200]} with student_steps 600")
-elif cfg.learning_curve:
-    curve = learning_curve_table(results, test=curve_variants)
+if cfg.learning_curve:  # (the config refuses a curve with nothing to compare)
+    curve = learning_curve_table(results, test=curve_tests(cfg.reference, cfg.learning_curve))
     curve.to_csv(layout.learning_curve, index=False)
     fig = plots.learning_curve(curve, title=f"FEDS vs scratch by budget, {len(images)} held-out images "
                                             f"({cfg.preset} preset)",
