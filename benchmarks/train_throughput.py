@@ -21,7 +21,8 @@ gradient (``teacher forward``, with the features the losses read) plus one scrat
 ``ours distill`` is timed by its mean step time (the steps that measure each term's gradient for the
 balance are part of its cost; a median would hide them); ``distill total clip`` is the same student
 with ``clip_mode=total`` (one backward pass, one clip), ``distill apart`` with ``clip_measure_every=1``
-(L_RD's and the distillation's gradients apart on every step: two backward passes).
+(L_RD's and the distillation's gradients apart on every step: two backward passes), ``distill eager
+loss`` with the feature alignment loss eager (what compiling it buys).
 
 ``--options`` also times the teacher's step with each speed option, each in its own process (an
 option that crashes the process is reported as such): ``attention=sdpa``, ``bf16`` autocast,
@@ -122,6 +123,19 @@ def teacher_forward_loop(ckpt: Path, preset: str, batch: int, crop: int, warmup:
     return times[warmup:]
 
 
+def eager_alignment_loss(loop):
+    """Run ``loop`` with the feature alignment loss left eager under ``compile: attention`` (the step
+    before the loss was compiled), to measure what compiling it buys."""
+    from feds_lab.losses import FeatureAlignment
+
+    saved = FeatureAlignment.compile_loss
+    FeatureAlignment.compile_loss = lambda self: None
+    try:
+        return loop()
+    finally:
+        FeatureAlignment.compile_loss = saved
+
+
 def our_loop(cfg: TrainConfig, warmup: int, steps: int) -> list[float]:
     """Seconds of each timed step of :func:`train`, from the ``seconds`` of its per-step metrics records."""
     train(cfg)
@@ -179,8 +193,10 @@ def main(argv: list[str] | None = None) -> None:
                                                            clip_mode="total", **common), args.warmup, args.steps),
         "distill apart": lambda: our_loop(TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "da"),
                                                       clip_measure_every=1, **common), args.warmup, args.steps),
+        "distill eager loss": lambda: eager_alignment_loss(lambda: our_loop(
+            TrainConfig(**stage2, teacher=str(teacher_ckpt), out=str(tmp / "de"), **common), args.warmup, args.steps)),
     }
-    mean_timed = {"ours distill", "distill total clip", "distill apart"}  # measuring steps are part of their cost
+    mean_timed = {"ours distill", "distill total clip", "distill apart", "distill eager loss"}  # measuring steps are part of their cost
     print(f"preset {args.preset}, batch {batch}, crop {crop}, {args.steps} timed steps (+{args.warmup} warm-up) "
           f"x {args.reps} interleaved repetitions, {args.threads} thread(s), cpu", file=sys.stderr)
     # steps/s of a repetition = 1 / its median step time: robust to bursts of load from other processes
@@ -224,6 +240,10 @@ def main(argv: list[str] | None = None) -> None:
     floor_price = statistics.median(s / f for s, f in zip(rates["ours student"], floor))
     total_price = statistics.median(s / d for s, d in zip(rates["ours student"], rates["distill total clip"]))
     over_floor_apart = statistics.median(f / d for f, d in zip(floor, rates["distill apart"]))
+    compiled_loss = statistics.median(e / d for d, e in zip(rates["ours distill"], rates["distill eager loss"]))
+    if args.compile == "attention":
+        print(f"distillation step with the alignment loss compiled: {1 / compiled_loss:.2f}x the steps/s of the same "
+              "step with it eager (median of paired ratios)")
     print(f"floor (teacher forward + scratch step): {statistics.median(floor):.3f} steps/s, {floor_price:.2f}x a scratch "
           f"step; the distillation step costs {over_floor:.2f}x its floor (target <= 1.10: "
           f"{'met' if over_floor <= 1.10 else 'NOT met'}) and {1 / distill_price:.2f}x a scratch step (target <= 2.5: "
@@ -234,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
               "teacher_compiled_over_eager": compiled_gain,
               "steps_per_second": med, "ours_over_plain": ours_vs_plain, "distill_over_student": distill_price,
               "distill_over_floor": over_floor, "floor_over_student": 1 / floor_price,
-              "total_clip_over_floor": over_floor_total}
+              "total_clip_over_floor": over_floor_total, "distill_over_eager_loss": 1 / compiled_loss}
     if args.options:
         report["teacher_options"] = teacher_options(args, batch, crop)
     print(json.dumps(report))

@@ -19,11 +19,14 @@ unrelated features, 2 for opposite ones, whatever the activations' scale.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..compiling import compile_for_training, is_compiler_error
 
 FEATURE_WEIGHTINGS = ("attention", "plain")
 FEATURE_NORMS = ("none", "channel")
@@ -121,6 +124,16 @@ class FeatureAlignment(nn.Module):
         self.adapters = nn.ModuleDict(
             {tap: nn.Conv2d(student_channels[tap], teacher_channels[tap], kernel_size=1) for tap in self.taps}
         )
+        self._loss: Callable[..., torch.Tensor] = feature_alignment_loss
+
+    def compile_loss(self) -> None:
+        """Run the per-tap loss (standardisation, attention weighting, error: elementwise work on the
+        largest maps of the step) through torch.compile, fixed shapes; the adapters stay eager.
+
+        Measured on CPU (benchmarks/train_throughput.py): the loss's forward and backward about 2x faster,
+        the same values to float rounding (``tests/test_compiled_stages.py``). Training steps only: call it
+        where the shapes are the training crop's. A compiler failure warns once and falls back to eager."""
+        self._loss = compile_for_training(feature_alignment_loss)
 
     def forward(
         self, f_s: dict[str, torch.Tensor], f_t: dict[str, torch.Tensor]
@@ -136,6 +149,19 @@ class FeatureAlignment(nn.Module):
                     f"tap {tap!r}: student feature is {tuple(s.shape[-2:])} and teacher feature "
                     f"{tuple(t.shape[-2:])} in space; both models must see the same input size"
                 )
-            per_tap[tap] = feature_alignment_loss(self.adapters[tap](s), t, self.weighting, self.norm)
+            per_tap[tap] = self._tap_loss(self.adapters[tap](s), t)
         loss = torch.stack(list(per_tap.values())).mean()
         return loss, {tap: v.detach() for tap, v in per_tap.items()}
+
+    def _tap_loss(self, lifted: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self._loss is feature_alignment_loss:
+            return feature_alignment_loss(lifted, t, self.weighting, self.norm)
+        try:
+            return self._loss(lifted, t, self.weighting, self.norm)
+        except Exception as e:  # the compiler's own failures only; anything else is the caller's
+            if not is_compiler_error(e):
+                raise
+            warnings.warn(f"compiling the feature alignment loss failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); it runs eager", RuntimeWarning, stacklevel=2)
+            self._loss = feature_alignment_loss
+            return feature_alignment_loss(lifted, t, self.weighting, self.norm)

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.swin_transformer_v2 import SwinTransformerV2Block, WindowAttention
 
+from ..compiling import compile_for_training, is_compiler_error
+
 #: the compiled blocks of each stage (torch.compile, fixed shapes), used only inside compiled_stages():
 #: kept beside the modules, not in them, so that state dicts, copies and coding never see them
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -54,7 +56,7 @@ def compile_stages(model: nn.Module) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, SwinV2Stage) and m not in _COMPILED:
-            _COMPILED[m] = torch.compile(m.blocks, dynamic=False)
+            _COMPILED[m] = compile_for_training(m.blocks)
             n += 1
     return n
 
@@ -142,7 +144,7 @@ class SwinV2Stage(nn.Module):
             try:
                 return fast(x).permute(0, 3, 1, 2).contiguous()
             except Exception as e:  # the compiler's own failures only; anything else is the caller's
-                if not type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+                if not is_compiler_error(e):
                     raise
                 _compile_failed(e)
         return self.blocks(x).permute(0, 3, 1, 2).contiguous()

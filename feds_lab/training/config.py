@@ -151,8 +151,9 @@ class TrainConfig:
     # --- running and reporting -------------------------------------------------------------------
     out: str | None = setting(None, groups=('runtime',))  #: run folder; None = runs/<run name>
     device: str = setting("auto", groups=('runtime',))  #: auto | cpu | cuda
-    #: ``attention``: training steps run the Swin-V2 stages (the model's and the teacher's) through
-    #: torch.compile (measured: the step's largest saving on CPU; float rounding differs, results do not);
+    #: ``attention``: training steps run the Swin-V2 stages (the model's and the teacher's), and the
+    #: feature alignment loss's elementwise work, through torch.compile (measured: the step's largest
+    #: savings on CPU; float rounding differs, results do not);
     #: ``none``: eager; ``auto``: ``attention`` for runs of at least COMPILE_MIN_STEPS steps. Validation
     #: and coding are always eager.
     compile: str = setting("auto", groups=('runtime',), choices=COMPILE_MODES)

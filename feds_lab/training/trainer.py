@@ -183,6 +183,8 @@ def _build(cfg: TrainConfig, dd: Distributed, saved: dict[str, Any] | None, say)
         compile_stages(model)
         if teacher is not None:
             compile_stages(teacher)
+        if objective.feature_alignment is not None:
+            objective.feature_alignment.compile_loss()
     step_fn: nn.Module = objective if not dd.active else _data_parallel(objective, device)
     separate_clip = cfg.clip_mode == "separate" and not dd.active
     if cfg.clip_mode == "separate" and dd.active:
