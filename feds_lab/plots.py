@@ -471,7 +471,7 @@ def loss_balance(runs: dict[str, str | Path], title: str = "Loss balance by stag
 
 def tune_figure(summary: dict[str, Any], title: str = "FEDS search on tune-val") -> Figure:
     """A search (feds_lab.tune.summary): left, each trial's BD-rate against scratch and the
-    best so far; middle, PSNR gain at matched rate of every trial, pruned ones included; right,
+    best so far (dashed: variants scored on the same scale, ``scored``); middle, PSNR gain at matched rate of every trial, pruned ones included; right,
     parameter importances (when the search has enough finished trials)."""
     rows = summary["trials"]
     fig = Figure(figsize=(15, 4.2), layout="constrained")
@@ -482,6 +482,10 @@ def tune_figure(summary: dict[str, Any], title: str = "FEDS search on tune-val")
         ax_h.plot(xs, ys, "o", color="C0", label="trial")
         ax_h.plot(xs, np.minimum.accumulate(ys), "-", color="C3", label="best so far")
         ax_h.axhline(0, color="k", lw=0.8)
+    for k, (name, scored) in enumerate((summary.get("scored") or {}).items()):  # variants on the same scale
+        if scored.get("value") is not None:
+            ax_h.axhline(scored["value"], color=f"C{k + 4}", ls="--", lw=1, label=f"{name} (not a trial)")
+    if ax_h.get_legend_handles_labels()[0]:
         ax_h.legend(fontsize=8)
     ax_h.set(xlabel="trial", ylabel="BD-rate vs scratch (%), lower is better", title="objective")
     for state, marker, colour in (("COMPLETE", "o", "C0"), ("PRUNED", "x", "C7")):

@@ -291,6 +291,41 @@ class Search:
             trial.set_user_attr("note", f"no BD-rate: {e}")
             return BD_UNDEFINED
 
+    def score(self, variant: str, log=print, wait: bool = False) -> dict[str, Any]:
+        """A variant of the pipeline config (e.g. ``init_only``: the teacher's weights, L_RD alone) measured
+        as a trial is: its ladder per seed of the search (the config's seed: ``variant``; another seed s:
+        ``variant_s<s>``, declared in the config's ``seeds``), trained on tune-train at the search's
+        budget in the pipeline's run folders, and the BD-rate (%) of its seed-mean curve against the
+        seed-mean scratch curve on tune-val: the search's scale, for a point no trial can reach."""
+        scratch = self.references(log, wait)
+        by_seed = {}
+        for seed in self.seeds:
+            name = variant if seed == self.pcfg.seed else f"{variant}_s{seed}"
+            if name not in self.pcfg.variant_records():
+                raise TuneError(f"--score {variant}: the config has no variant {name!r} (seed {seed}); "
+                                f"declare the seed under seeds: {{{variant}: [...]}}")
+            by_seed[seed] = [val_point(self.reference("student", lmbda, name, log, wait)) for lmbda in self.pcfg.lambdas]
+        points = seed_mean([by_seed[s] for s in self.seeds])
+        ref = seed_mean([list(zip(*scratch[s])) for s in self.seeds])
+        out: dict[str, Any] = {"variant": variant, "seeds": self.seeds, "points": points,
+                               "points_by_seed": {str(s): p for s, p in by_seed.items()}}
+        try:
+            out["value"] = float(bd_rate([p[0] for p in ref], [p[1] for p in ref], [p[0] for p in points],
+                                         [p[1] for p in points]))
+        except BDRateError as e:
+            out["value"], out["note"] = None, f"no BD-rate: {e}"
+        log(f"[tune] {variant} on the search's scale: " + (f"{out['value']:+.2f} % against scratch on tune-val"
+                                                           if out["value"] is not None else out["note"]))
+        scored = json.loads(self.scored_path.read_text()) if self.scored_path.exists() else {}
+        scored[variant] = out
+        self.scored_path.write_text(json.dumps(scored, indent=2))
+        return out
+
+    @property
+    def scored_path(self) -> Path:
+        """The variants measured on the search's scale (:meth:`score`), kept beside the study."""
+        return self.root / f"scored-{self.study_name}.json"
+
     def enqueue(self, path: str | Path, log=print) -> int:
         """Queue designed trials (a YAML list of parameter mappings, each a subset of :func:`suggest`'s;
         the rest are drawn): probes chosen to tell the terms apart, run before the sampler's own.
@@ -367,10 +402,13 @@ def summary(study) -> dict[str, Any]:
 
 def write_summary(search: Search, study, log=print) -> Path:
     """``tune/summary.json``, ``tune/best.yaml`` (TrainConfig overrides of the best trial) and the
-    search's figure; returns the summary's path."""
+    search's figure; returns the summary's path. Variants measured with ``--score`` join the summary
+    (``scored``) and the figure."""
     from .plots import tune_figure  # matplotlib: only when a summary is drawn
 
     s = summary(study)
+    if search.scored_path.exists():
+        s["scored"] = json.loads(search.scored_path.read_text())
     path = search.pcfg.layout.tune_summary
     path.write_text(json.dumps(s, indent=2, default=str))
     if "best" in s:
@@ -402,6 +440,8 @@ def _cmd_tune(args) -> None:
     if args.enqueue:
         search.enqueue(args.enqueue, log=log)
     study = search.run(args.trials, log=log, wait=args.wait, seed=args.seed) if args.trials else search.study()
+    for variant in [v.strip() for v in (args.score or "").split(",") if v.strip()]:
+        search.score(variant, log=log, wait=args.wait)
     write_summary(search, study, log=lambda m: print(m, file=sys.stderr))
 
 
@@ -421,6 +461,9 @@ def add_tune_parser(sub) -> None:
                                    "of the seed-mean curves. Keep one list per study")
     p.add_argument("--enqueue", metavar="YAML",
                    help="queue designed trials first: a list of parameter mappings (e.g. configs/tune/probes.yaml)")
+    p.add_argument("--score", metavar="VARIANT[,VARIANT]",
+                   help="also measure these variants of the pipeline config as a trial is measured (their ladders "
+                        "on the search's seeds, seed-mean BD-rate against scratch on tune-val), e.g. init_only")
     p.add_argument("--wait", action="store_true",
                    help="train no teacher or scratch run: wait for another process (a pipeline, a worker) to finish them")
     p.set_defaults(func=_cmd_tune)

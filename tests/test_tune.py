@@ -102,7 +102,11 @@ def test_trial_on_several_seeds_scores_the_seed_mean_curves(tmp_path, one_thread
 
     cfg = PipelineConfig(name="s", runs_dir=str(tmp_path), teacher="train", teacher_steps=2, student_steps=3,
                          lambdas=[0.0018, 0.0067, 0.025, 0.0483], threads=1, data=str(_small_photos(tmp_path / "photos")),
-                         train={"train_split": "tune-train", "crop": 64, "batch_size": 2})
+                         train={"train_split": "tune-train", "crop": 64, "batch_size": 2},
+                         variants={"feds": {}, "scratch": {"baseline": "scratch"},
+                                   "init_only": {"alpha": 0.0, "beta": 0.0, "gamma": 0.0, "init_from_teacher": True},
+                                   "prim": {"beta": 0.75, "gamma": 0.75}},
+                         seeds={"init_only": [1]})
     search = Search(cfg, seeds=[0, 1])
     assert search.study_name == "s-feds-seeds0-1"
     study = search.run(1, log=lambda m: None)
@@ -129,6 +133,22 @@ def test_trial_on_several_seeds_scores_the_seed_mean_curves(tmp_path, one_thread
         expected = BD_UNDEFINED
     assert t.state == optuna.trial.TrialState.COMPLETE and t.value == pytest.approx(expected)
     np.testing.assert_allclose(t.user_attrs["points"], f)
+    # a configured variant on the search's scale: its ladder per seed in the pipeline's folders, scored as a trial
+    scored = search.score("init_only", log=lambda m: None)
+    own = {0: [tmp_path / "s" / "student" / "init_only" / l / "model.safetensors" for l in lambdas],
+           1: [tmp_path / "s" / "student" / "init_only_s1" / l / "model.safetensors" for l in lambdas]}
+    assert read_record(own[1][0])["train_config"]["seed"] == 1
+    assert read_record(own[1][0])["train_config"]["init_from_teacher"] is True
+    g = mean(own)
+    np.testing.assert_allclose(scored["points"], g)
+    try:
+        assert scored["value"] == pytest.approx(bd_rate(r[:, 0], r[:, 1], g[:, 0], g[:, 1]))
+    except BDRateError:
+        assert scored["value"] is None and "no BD-rate" in scored["note"]
+    s = json.loads(write_summary(search, study, log=lambda m: None).read_text())
+    np.testing.assert_allclose(s["scored"]["init_only"]["points"], scored["points"])
+    with pytest.raises(TuneError, match="prim_s1"):  # a seed the config does not declare for it
+        search.score("prim", log=lambda m: None)
     # a study keeps its seeds: another list is refused, not mixed into its ranking
     with pytest.raises(TuneError, match="seeds"):
         Search(cfg, study_name="s-feds-seeds0-1", seeds=[0, 2]).study()
