@@ -127,6 +127,15 @@ def test_a_compiler_failure_of_the_alignment_loss_falls_back_to_eager_with_one_w
         fa(f_s, f_t)
 
 
+def test_the_compiled_alignment_loss_sees_one_layout_per_shape():
+    fa, f_s, f_t = _alignment()
+    f_t["a"] = f_t["a"].to(memory_format=torch.channels_last)  # a permuted map, as the transformer's are
+    seen = []
+    fa._loss = lambda s, t, *args: seen.append((s.is_contiguous(), t.is_contiguous())) or s.sum() * 0
+    fa(f_s, f_t)
+    assert seen == [(True, True), (True, True)]
+
+
 @pytest.mark.slow
 def test_the_compiled_alignment_loss_gives_the_eager_numbers_on_a_measured_step():
     from feds_lab.losses.feature_alignment import feature_alignment_loss

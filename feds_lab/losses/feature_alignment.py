@@ -157,7 +157,9 @@ class FeatureAlignment(nn.Module):
         if self._loss is feature_alignment_loss:
             return feature_alignment_loss(lifted, t, self.weighting, self.norm)
         try:
-            return self._loss(lifted, t, self.weighting, self.norm)
+            # one graph per tap shape; a layout of its own (the transformer's permuted maps) would add one
+            # per stride pattern and pass torch's limit of 8 graphs a function, after which taps run eager
+            return self._loss(lifted.contiguous(), t.contiguous(), self.weighting, self.norm)
         except Exception as e:  # the compiler's own failures only; anything else is the caller's
             if not is_compiler_error(e):
                 raise
