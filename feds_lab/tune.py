@@ -282,14 +282,23 @@ class Search:
                 if step < len(self.seeds) * n - 1 and trial.should_prune():
                     raise optuna.TrialPruned()
         trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
-        points = seed_mean([by_seed[s] for s in self.seeds])
+        points, value, note = self._against_scratch(by_seed, scratch)
         trial.set_user_attr("points", points)
+        if value is None:
+            trial.set_user_attr("note", note)
+            return BD_UNDEFINED
+        return value
+
+    def _against_scratch(self, by_seed: dict[int, list], scratch: dict[int, tuple]) -> tuple[list, float | None, str]:
+        """The seed-mean curve of ``by_seed`` ({seed: [(bpp, PSNR)] per lambda}) and its BD-rate (%) against
+        the seed-mean scratch curve; None and the reason where no BD-rate exists."""
+        points = seed_mean([by_seed[s] for s in self.seeds])
         ref = seed_mean([list(zip(*scratch[s])) for s in self.seeds])
         try:
-            return float(bd_rate([p[0] for p in ref], [p[1] for p in ref], [p[0] for p in points], [p[1] for p in points]))
+            value = float(bd_rate([p[0] for p in ref], [p[1] for p in ref], [p[0] for p in points], [p[1] for p in points]))
         except BDRateError as e:
-            trial.set_user_attr("note", f"no BD-rate: {e}")
-            return BD_UNDEFINED
+            return points, None, f"no BD-rate: {e}"
+        return points, value, ""
 
     def score(self, variant: str, log=print, wait: bool = False) -> dict[str, Any]:
         """A variant of the pipeline config (e.g. ``init_only``: the teacher's weights, L_RD alone) measured
@@ -305,15 +314,11 @@ class Search:
                 raise TuneError(f"--score {variant}: the config has no variant {name!r} (seed {seed}); "
                                 f"declare the seed under seeds: {{{variant}: [...]}}")
             by_seed[seed] = [val_point(self.reference("student", lmbda, name, log, wait)) for lmbda in self.pcfg.lambdas]
-        points = seed_mean([by_seed[s] for s in self.seeds])
-        ref = seed_mean([list(zip(*scratch[s])) for s in self.seeds])
-        out: dict[str, Any] = {"variant": variant, "seeds": self.seeds, "points": points,
+        points, value, note = self._against_scratch(by_seed, scratch)
+        out: dict[str, Any] = {"variant": variant, "seeds": self.seeds, "points": points, "value": value,
                                "points_by_seed": {str(s): p for s, p in by_seed.items()}}
-        try:
-            out["value"] = float(bd_rate([p[0] for p in ref], [p[1] for p in ref], [p[0] for p in points],
-                                         [p[1] for p in points]))
-        except BDRateError as e:
-            out["value"], out["note"] = None, f"no BD-rate: {e}"
+        if note:
+            out["note"] = note
         log(f"[tune] {variant} on the search's scale: " + (f"{out['value']:+.2f} % against scratch on tune-val"
                                                            if out["value"] is not None else out["note"]))
         scored = json.loads(self.scored_path.read_text()) if self.scored_path.exists() else {}
